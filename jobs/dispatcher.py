@@ -1,0 +1,234 @@
+"""The engine's dispatcher: the loop that gives django-q2 what it lacks on Redis.
+
+Each pass, bounded in rows and time:
+- forward_due: scheduled and retry jobs whose run_at has come -> pending, wake-up pushed
+  (every JOBS_DISPATCH_INTERVAL, 0.1 s by default: this is what makes run_at precise);
+- fire_schedules: django-q2 Schedule rows whose slot has come -> one ledger job per slot,
+  written in the same transaction that advances next_run (exactly once per slot);
+- reap_expired_leases: active jobs whose worker stopped renewing -> run again;
+- repush_lost: pending jobs whose wake-up vanished (Redis flushed or restarted, a cluster
+  killed with prefetched tasks) -> pushed again.
+
+Several dispatchers (one per qcluster process, on any host) can run at once: rows are
+claimed with SELECT ... FOR UPDATE SKIP LOCKED and moved with conditional UPDATEs.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+import threading
+import time
+from datetime import datetime, timedelta
+
+from croniter import croniter
+from django.conf import settings
+from django.db import close_old_connections, transaction
+from django.utils import timezone
+from django.utils.module_loading import import_string
+from django_q.models import Schedule
+from django_q.utils import localtime
+
+from jobs import broker, services
+from jobs.models import Heartbeat, Job, JobState
+from jobs.types import QUEUES, SYSTEM_PERIODIC
+
+logger = logging.getLogger(__name__)
+
+FORWARD_BATCH = 500
+REAP_BATCH = 200
+REPUSH_BATCH = 500
+SCHEDULE_BATCH = 50
+
+
+def _locked(qs):
+    return qs.select_for_update(skip_locked=True)
+
+
+def forward_due(*, now: datetime | None = None, limit: int = FORWARD_BATCH) -> int:
+    """Move due scheduled/retry jobs to pending and push their wake-ups. Returns the count."""
+    now = now or timezone.now()
+    paused = services.paused_queues()
+    with transaction.atomic():
+        rows = list(
+            _locked(Job.objects.filter(state__in=[JobState.SCHEDULED, JobState.RETRY], run_at__lte=now)
+                    .exclude(queue__in=paused).order_by("run_at"))
+            .values_list("pk", "queue", "timeout")[:limit]
+        )
+        if not rows:
+            return 0
+        Job.objects.filter(pk__in=[r[0] for r in rows],
+                           state__in=[JobState.SCHEDULED, JobState.RETRY]).update(
+            state=JobState.PENDING, dispatched_at=now)
+    # After commit: a crash here leaves pending rows with no wake-up, which repush_lost finds.
+    broker.push(rows)
+    return len(rows)
+
+
+def reap_expired_leases(*, now: datetime | None = None, limit: int = REAP_BATCH) -> int:
+    now = now or timezone.now()
+    count = 0
+    for job in Job.objects.filter(state=JobState.ACTIVE, lease_expires_at__lt=now).order_by(
+            "lease_expires_at")[:limit]:
+        if services.job_lease_expired(job, now=now):
+            count += 1
+    return count
+
+
+def repush_lost(*, now: datetime | None = None, limit: int = REPUSH_BATCH) -> int:
+    """Re-push pending jobs whose wake-up is older than JOBS_REPUSH_AFTER while their queue's
+    Redis list is empty: the wake-up was lost or is held by a busy cluster's prefetch. A
+    duplicate wake-up is harmless (the claim refuses a job that is no longer pending) and
+    cheap (only when the list is empty, so the duplicates cannot pile up)."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.JOBS_REPUSH_AFTER)
+    total = 0
+    for queue in QUEUES:
+        if services.is_queue_paused(queue) or broker.queue_depth(queue) > 0:
+            continue
+        with transaction.atomic():
+            rows = list(
+                _locked(Job.objects.filter(queue=queue, state=JobState.PENDING, dispatched_at__lt=cutoff)
+                        .order_by("dispatched_at"))
+                .values_list("pk", "queue", "timeout")[:limit]
+            )
+            if not rows:
+                continue
+            Job.objects.filter(pk__in=[r[0] for r in rows], state=JobState.PENDING).update(dispatched_at=now)
+        broker.push(rows)
+        logger.warning("re-pushed %d pending %s job(s) whose wake-up was lost: ids %s",
+                       len(rows), queue, [r[0] for r in rows[:20]])
+        total += len(rows)
+    return total
+
+
+# ---------------------------------------------------------------- periodic schedules
+
+
+def next_slot(schedule: Schedule, now: datetime) -> datetime | None:
+    """The first slot after `now`. Missed slots are not replayed: after downtime the overdue
+    slot fires once and the schedule continues from now. None for a spent ONCE schedule."""
+    if schedule.schedule_type == Schedule.ONCE:
+        return None
+    if schedule.schedule_type == Schedule.CRON:
+        return croniter(schedule.cron, localtime(now)).get_next(datetime)
+    nxt = schedule.next_run
+    for _ in range(10_000):  # bounded: a week of one-minute slots
+        nxt = schedule.calculate_next_run(nxt)
+        if nxt > now:
+            return nxt
+    return schedule.calculate_next_run(now)
+
+
+def _schedule_queue(schedule: Schedule) -> str:
+    if schedule.cluster in QUEUES:
+        return schedule.cluster
+    if schedule.cluster:
+        logger.error("schedule %r names unknown queue %r; running it on default", schedule.name, schedule.cluster)
+    return "default"
+
+
+def fire_schedules(*, now: datetime | None = None, limit: int = SCHEDULE_BATCH) -> int:
+    """One ledger job per due Schedule slot, each schedule in its own savepoint: a broken
+    row is logged and skipped (its next_run still advances) and cannot undo the others
+    (django-q2's scheduler re-fires every schedule when one fails, issue #293)."""
+    now = now or timezone.now()
+    fired = 0
+    with transaction.atomic():
+        due = list(_locked(Schedule.objects.exclude(repeats=0).filter(next_run__lte=now)
+                           .order_by("next_run"))[:limit])
+        for schedule in due:
+            try:
+                with transaction.atomic():
+                    fired += _fire_one(schedule, now)
+            except Exception:
+                logger.exception("schedule %r (id %s) could not fire; skipping slot %s",
+                                 schedule.name, schedule.pk, schedule.next_run)
+                _advance(schedule, now)
+    return fired
+
+
+def _fire_one(schedule: Schedule, now: datetime) -> int:
+    slot = schedule.next_run
+    import_string(schedule.func)  # fail here, not in a worker, on a typo
+    for text, kind in ((schedule.args, tuple), (schedule.kwargs, dict)):
+        if text:
+            ast.literal_eval(text)
+    job_id = services.job_create(
+        job_type=SYSTEM_PERIODIC, queue=_schedule_queue(schedule),
+        payload={"schedule_id": schedule.pk, "name": schedule.name or str(schedule.pk),
+                 "func": schedule.func, "slot": slot.isoformat(),
+                 "args": schedule.args or "", "kwargs": schedule.kwargs or ""},
+        unique_key=f"schedule:{schedule.pk}:{int(slot.timestamp())}",
+    )
+    schedule.task = f"job:{job_id}"
+    _advance(schedule, now)
+    logger.info("schedule %r slot %s -> job %s (late by %.3f s)", schedule.name, slot.isoformat(), job_id,
+                (now - slot).total_seconds())
+    return 1
+
+
+def _advance(schedule: Schedule, now: datetime) -> None:
+    nxt = next_slot(schedule, now)
+    if nxt is None:  # ONCE: spent, as django-q2 does it
+        if schedule.repeats < 0:
+            Schedule.objects.filter(pk=schedule.pk).delete()
+            return
+        schedule.repeats = 0
+    else:
+        schedule.next_run = nxt
+        if schedule.repeats > 0:
+            schedule.repeats -= 1
+    Schedule.objects.filter(pk=schedule.pk).update(next_run=schedule.next_run, repeats=schedule.repeats,
+                                                    task=schedule.task)
+
+
+# ---------------------------------------------------------------- the loop
+
+
+class Dispatcher:
+    """Runs the passes above on their cadences until `stop` is set."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self._due = {"schedules": 0.0, "reap": 0.0, "repush": 0.0, "beat": 0.0}
+        self.errors_in_a_row = 0
+
+    def run(self, stop: threading.Event) -> None:
+        logger.info("dispatcher %s running (interval %.2f s)", self.name, settings.JOBS_DISPATCH_INTERVAL)
+        while not stop.is_set():
+            try:
+                busy = self.tick()
+                self.errors_in_a_row = 0
+            except Exception:
+                # MySQL or Redis away: keep trying, slower, without flooding the log.
+                self.errors_in_a_row += 1
+                if self.errors_in_a_row <= 3 or self.errors_in_a_row % 60 == 0:
+                    logger.exception("dispatcher pass failed (%d in a row)", self.errors_in_a_row)
+                close_old_connections()
+                stop.wait(min(0.5 * self.errors_in_a_row, 5.0))
+                continue
+            if not busy:
+                stop.wait(settings.JOBS_DISPATCH_INTERVAL)
+        logger.info("dispatcher %s stopped", self.name)
+
+    def _every(self, key: str, seconds: float) -> bool:
+        now = time.monotonic()
+        if now >= self._due[key]:
+            self._due[key] = now + seconds
+            return True
+        return False
+
+    def tick(self) -> bool:
+        forwarded = forward_due()
+        if self._every("schedules", 0.2):
+            fire_schedules()
+        if self._every("reap", 1.0):
+            reap_expired_leases()
+        if self._every("repush", 2.0):
+            repush_lost()
+        if self._every("beat", 5.0):
+            Heartbeat.objects.update_or_create(
+                name=f"dispatcher:{self.name}",
+                defaults={"kind": "dispatcher", "seen_at": timezone.now(), "details": {}})
+        return forwarded >= FORWARD_BATCH

@@ -1,0 +1,85 @@
+"""The job ledger: the database is the source of truth for every job's life; Redis only
+carries wake-ups ("run job 42") to the queue's django-q2 cluster."""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class JobState(models.TextChoices):
+    SCHEDULED = "scheduled", "Scheduled"  # waiting for run_at
+    PENDING = "pending", "Pending"  # pushed to its queue in Redis
+    ACTIVE = "active", "Active"  # claimed by a worker, holding a lease
+    RETRY = "retry", "Retry"  # failed, waiting for its backoff (run_at)
+    DEAD = "dead", "Dead"  # out of retries or permanently failed
+    COMPLETED = "completed", "Completed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+LIVE_STATES = (JobState.SCHEDULED, JobState.PENDING, JobState.ACTIVE, JobState.RETRY)
+FINISHED_STATES = (JobState.DEAD, JobState.COMPLETED, JobState.CANCELLED)
+
+
+class Job(models.Model):
+    job_type = models.CharField(max_length=64, db_index=True)
+    queue = models.CharField(max_length=32)
+    payload = models.JSONField(default=dict)
+    state = models.CharField(max_length=16, choices=JobState.choices)
+    attempts = models.PositiveIntegerField(default=0, help_text="Attempts started so far")
+    max_retries = models.PositiveSmallIntegerField(default=3)
+    timeout = models.PositiveIntegerField(help_text="Seconds an attempt may run")
+    run_at = models.DateTimeField(help_text="Not before this moment")
+    created_at = models.DateTimeField(auto_now_add=True)
+    dispatched_at = models.DateTimeField(null=True, blank=True, help_text="Last push to Redis")
+    started_at = models.DateTimeField(null=True, blank=True, help_text="Start of the last attempt")
+    finished_at = models.DateTimeField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    worker = models.CharField(max_length=128, blank=True, help_text="host:pid of the last attempt")
+    unique_key = models.CharField(max_length=191, null=True, blank=True)
+    # Equals unique_key while the job is live and NULL afterwards; the unique index on it is
+    # "at most one live job per key" (MySQL has no partial unique indexes).
+    live_key = models.CharField(max_length=191, null=True, blank=True, unique=True)
+    news_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    last_error = models.TextField(blank=True)
+    errors = models.JSONField(default=list, blank=True, help_text="One entry per failed attempt")
+    result = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            # Dispatcher: due scheduled/retry jobs, oldest first.
+            models.Index(fields=["state", "run_at"], name="job_state_run_at_idx"),
+            # Reaper: active jobs whose lease ran out.
+            models.Index(fields=["state", "lease_expires_at"], name="job_state_lease_idx"),
+            # Re-push of lost wake-ups, stats per queue.
+            models.Index(fields=["queue", "state", "dispatched_at"], name="job_queue_state_idx"),
+            # Cleanup and history.
+            models.Index(fields=["state", "finished_at"], name="job_state_finished_idx"),
+        ]
+
+    def __str__(self):
+        return f"job {self.pk} {self.job_type} [{self.state}]"
+
+
+class QueuePause(models.Model):
+    """A paused queue: the dispatcher does not forward its jobs and workers put back what
+    they pick up. Nothing is dropped; resuming lets them run."""
+
+    queue = models.CharField(max_length=32, unique=True)
+    paused_at = models.DateTimeField(auto_now_add=True)
+    paused_by = models.CharField(max_length=150, blank=True)
+
+    def __str__(self):
+        return f"{self.queue} paused"
+
+
+class Heartbeat(models.Model):
+    """Last-seen records: dispatchers, clusters and the 30-second health check write here."""
+
+    name = models.CharField(max_length=191, unique=True)
+    kind = models.CharField(max_length=32)
+    seen_at = models.DateTimeField()
+    details = models.JSONField(default=dict, blank=True)
+
+    def __str__(self):
+        return f"{self.name} @ {self.seen_at}"

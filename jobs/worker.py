@@ -1,0 +1,100 @@
+"""What a django-q2 worker process runs for each wake-up: claim the job in the ledger,
+hold its lease while the handler runs, record the outcome.
+
+django-q2 on Redis delivers at most once and knows nothing of retries; all of that lives
+here and in jobs/services.py. run_job never lets a handler's exception reach django-q2,
+except its own TimeoutException, which must propagate so the worker process is replaced.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from django.conf import settings
+from django.db import close_old_connections
+from django.utils.module_loading import import_string
+from django_q.exceptions import TimeoutException
+
+from jobs import services
+from jobs.errors import PermanentError, Snooze
+from jobs.events import log_job_event
+from jobs.types import get_job_type
+
+logger = logging.getLogger(__name__)
+
+
+class LeaseKeeper:
+    """One daemon thread per worker process renewing the lease of the job it is running,
+    so that a job longer than the lease is not taken for dead, and a dead process's job is
+    (its lease stops being renewed)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._current: tuple[int, int] | None = None
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def hold(self, job_id: int, attempt: int) -> None:
+        with self._lock:
+            self._current = (job_id, attempt)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
+                self._thread.start()
+
+    def release(self) -> None:
+        with self._lock:
+            self._current = None
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(settings.JOBS_HEARTBEAT_SECONDS)
+            with self._lock:
+                current = self._current
+            if current is None:
+                continue
+            try:
+                close_old_connections()
+                if not services.job_renew_lease(*current):
+                    logger.warning("job %s attempt %s lost its lease", *current)
+            except Exception:
+                logger.exception("lease renewal for job %s failed", current[0])
+
+
+_lease = LeaseKeeper()
+
+
+def run_job(job_id: int) -> str:
+    """The django-q2 task function for every job type."""
+    job = services.job_claim(job_id, worker=services.worker_id())
+    if job is None:
+        logger.debug("job %s: wake-up skipped, not pending (duplicate or stale)", job_id)
+        return "skipped"
+    if services.is_queue_paused(job.queue):
+        services.job_put_back(job, reason=f"queue {job.queue} is paused")
+        return "paused"
+    _lease.hold(job.pk, job.attempts)
+    log_job_event("started", job, lateness_ms=int((job.started_at - job.run_at).total_seconds() * 1000))
+    try:
+        job_type = get_job_type(job.job_type)
+        payload = job_type.payload.from_json(job.payload)
+        handler = import_string(job_type.handler)
+        result = handler(payload, job)
+    except Snooze as snooze:
+        services.job_snooze(job, until=snooze.until, reason=snooze.reason)
+        return "snoozed"
+    except TimeoutException as exc:
+        services.job_fail(job, error=f"timeout: {exc}", tb="")
+        raise
+    except PermanentError as exc:
+        services.job_fail(job, error=f"{type(exc).__name__}: {exc}", tb=services.format_exception(exc)[1],
+                          permanent=True)
+        return "dead"
+    except Exception as exc:
+        error, tb = services.format_exception(exc)
+        services.job_fail(job, error=error, tb=tb)
+        return "failed"
+    finally:
+        _lease.release()
+    services.job_complete(job, result=str(result) if result is not None else "")
+    return "completed"

@@ -1,0 +1,9 @@
+from django.apps import AppConfig
+
+
+class NewsConfig(AppConfig):
+    name = "news"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self):
+        from news import signals  # noqa: F401  (connects the save/delete receivers)

@@ -1,0 +1,20 @@
+"""The project's one Redis client factory: every connection uses settings.REDIS (host, port,
+db and password), the same keywords django-q2's broker gets."""
+
+from __future__ import annotations
+
+import functools
+
+import redis
+from django.conf import settings
+
+
+@functools.lru_cache(maxsize=1)
+def get_redis() -> redis.Redis:
+    # redis-py's pool notices a fork and reconnects, so one client per process is safe.
+    return redis.Redis(**settings.REDIS)
+
+
+def queue_key(queue: str) -> str:
+    """django-q2's list for a cluster (brokers/redis_broker.py)."""
+    return f"django_q:{queue}:q"

@@ -1,0 +1,165 @@
+"""Shared fixtures: real MariaDB (pytest-django's test database), real Redis (db 15 by
+default) and real `manage.py qcluster` subprocesses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, message: str = "condition"):
+    """Poll until predicate() is truthy; return its value or fail naming what was awaited."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {message}")
+        time.sleep(interval)
+
+
+class ClusterProcess:
+    """A `manage.py qcluster` subprocess on the test database."""
+
+    def __init__(self, args, env, log_path: Path):
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "manage.py"), "qcluster", *args],
+                                     cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, queues, timeout: float = 60.0):
+        from jobs.liveness import live_clusters
+
+        def ready():
+            if self.proc.poll() is not None:
+                pytest.fail(f"qcluster exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+            mine = {c["queue"] for c in live_clusters() if c["workers_alive"] >= 1 and self._is_mine(c["pid"])}
+            return set(queues) <= mine
+
+        wait_for(ready, timeout, 0.2, f"qcluster {self.pid} to run {queues}")
+        return self
+
+    def _is_mine(self, pid: int) -> bool:
+        import psutil
+
+        try:
+            return psutil.Process(pid).ppid() == self.pid
+        except psutil.Error:
+            return False
+
+    def worker_pids(self) -> list[int]:
+        """PIDs of django-q2 worker processes (grandchildren: supervisor > cluster > sentinel > workers)."""
+        import psutil
+
+        pids = []
+        for cluster in psutil.Process(self.pid).children():
+            for sentinel in cluster.children():
+                pids += [p.pid for p in sentinel.children()]
+        return pids
+
+    def stop(self, sig=signal.SIGTERM, group: bool = False, timeout: float = 60.0) -> int:
+        if self.proc.poll() is None:
+            if group:
+                os.killpg(self.proc.pid, sig)
+            else:
+                self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                pytest.fail(f"qcluster {self.pid} did not stop within {timeout} s:\n{self.log()[-3000:]}")
+        self._log.close()
+        return self.proc.returncode
+
+    def kill(self):
+        """SIGKILL the whole tree, as a crashed host would lose it."""
+        import psutil
+
+        try:
+            tree = [psutil.Process(self.pid)] + psutil.Process(self.pid).children(recursive=True)
+        except psutil.Error:
+            tree = []
+        for p in tree:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        self.proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def cluster_env(django_db_setup):
+    """Environment for subprocesses: the test database, small worker pools, fast timings."""
+    env = dict(os.environ)
+    env["DB_NAME"] = connection.settings_dict["NAME"]
+    env.setdefault("JOBS_WORKERS_CRITICAL", "2")
+    env.setdefault("JOBS_WORKERS_NEWS", "2")
+    env.setdefault("JOBS_WORKERS_WECHAT", "2")
+    env.setdefault("JOBS_WORKERS_ANALYTICS", "1")
+    env.setdefault("JOBS_WORKERS_DEFAULT", "2")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@pytest.fixture
+def start_cluster(cluster_env, tmp_path, request):
+    """Start qcluster subprocesses; every one is stopped (or killed) after the test."""
+    started: list[ClusterProcess] = []
+
+    def start(*args, queues=None, env=None, wait=True, sync_schedules=False):
+        full_env = {**cluster_env, **(env or {})}
+        argv = list(args)
+        if not sync_schedules:
+            argv.append("--no-sync-schedules")
+        if queues:
+            argv += ["--queues", ",".join(queues)]
+        cluster = ClusterProcess(argv, full_env, tmp_path / f"qcluster-{len(started)}.log")
+        started.append(cluster)
+        if wait:
+            cluster.wait_ready(queues or list(settings.JOBS_QUEUES))
+        return cluster
+
+    yield start
+    for cluster in started:
+        if cluster.proc.poll() is None:
+            cluster.stop(timeout=40)
+    if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
+        for cluster in started:
+            print(f"--- qcluster {cluster.pid} log ---\n{cluster.log()[-5000:]}")
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+
+
+@pytest.fixture(autouse=True)
+def clean_redis():
+    """Each test starts with an empty Redis database (db 15 unless REDIS_DB says otherwise)."""
+    from nextevent.redis import get_redis
+
+    assert settings.REDIS.get("db", 0) != 0 or os.environ.get("NEXTEVENT_TESTS_ALLOW_DB0"), \
+        "tests flush their Redis database: point REDIS_DB away from 0"
+    get_redis().flushdb()
+    yield

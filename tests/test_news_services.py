@@ -1,0 +1,64 @@
+"""News status changes: idempotent, guarded, and race-free."""
+
+import threading
+
+import pytest
+from django.db import connection
+
+from news.models import News, NewsStatus
+from news.factories import NewsFactory, PublishedNewsFactory, ScheduledNewsFactory
+from news.services import NewsStateError, news_archive, news_publish
+
+
+@pytest.mark.django_db
+def test_publish_sets_status_and_time():
+    news = NewsFactory()
+    assert news_publish(news_id=news.pk) is True
+    news.refresh_from_db()
+    assert news.status == NewsStatus.PUBLISHED and news.published_at is not None
+
+
+@pytest.mark.django_db
+def test_publishing_a_published_item_is_a_no_op():
+    news = PublishedNewsFactory()
+    before = news.published_at
+    assert news_publish(news_id=news.pk) is False
+    news.refresh_from_db()
+    assert news.published_at == before
+
+
+@pytest.mark.django_db
+def test_archiving_a_draft_is_refused_with_a_clear_error():
+    news = NewsFactory()
+    with pytest.raises(NewsStateError, match=rf"news {news.pk} is draft; only published news can be archived"):
+        news_archive(news_id=news.pk)
+
+
+@pytest.mark.django_db
+def test_archive_then_archive_again():
+    news = PublishedNewsFactory()
+    assert news_archive(news_id=news.pk) is True
+    assert news_archive(news_id=news.pk) is False
+    with pytest.raises(NewsStateError, match="archived"):
+        news_publish(news_id=news.pk)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_concurrent_publishers_cannot_both_win():
+    news = ScheduledNewsFactory()
+    results, barrier = [], threading.Barrier(8)
+
+    def publish():
+        try:
+            barrier.wait()
+            results.append(news_publish(news_id=news.pk))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=publish) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [False] * 7 + [True]
+    assert News.objects.get(pk=news.pk).status == NewsStatus.PUBLISHED
