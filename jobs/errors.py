@@ -20,6 +20,7 @@ class PayloadError(PermanentError, ValueError):
 
     def __init__(self, field: str, message: str):
         self.field = field
+        self.detail = message
         super().__init__(f"{field}: {message}")
 
 

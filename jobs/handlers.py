@@ -79,6 +79,11 @@ def handle_system_periodic(payload: PeriodicPayload, job) -> str:
 
 
 def handle_system_noop(payload: NoopPayload, job) -> str:
+    if payload.marker:
+        # Demos and tests watch this list to see every run of every attempt.
+        from nextevent.redis import get_redis
+
+        get_redis().rpush(f"nextevent:noop:{payload.marker}", f"{job.pk}:{job.attempts}")
     if payload.sleep:
         time.sleep(payload.sleep)
     if job.attempts <= payload.fail_times:

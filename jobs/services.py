@@ -18,6 +18,7 @@ from django.utils import timezone
 from jobs import broker
 from jobs.events import log_job_event
 from jobs.models import LIVE_STATES, Job, JobState, QueuePause
+from jobs.errors import PayloadError
 from jobs.types import QUEUES, get_job_type, validate_payload
 
 logger = logging.getLogger(__name__)
@@ -51,9 +52,37 @@ def _push_after_commit(job_id: int, queue: str, timeout: int) -> None:
 # ---------------------------------------------------------------- creating jobs
 
 
+MAX_TIMEOUT = 600
+
+
+def _resolve_run_at(run_at, delay, now) -> datetime:
+    if run_at is not None and delay is not None:
+        raise ValueError("run_at and delay: give one, not both")
+    if delay is not None:
+        seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
+        if seconds < 0:
+            raise ValueError(f"delay: must be >= 0, got {seconds!r}")
+        return now + timedelta(seconds=seconds)
+    if run_at is not None and (not isinstance(run_at, datetime) or timezone.is_naive(run_at)):
+        raise ValueError(f"run_at: must be a timezone-aware datetime, got {run_at!r}")
+    return run_at or now
+
+
+def _resolve_timeout(jt, timeout) -> int:
+    if timeout is None:
+        return jt.timeout
+    if isinstance(timeout, bool) or not isinstance(timeout, int) or not 1 <= timeout <= MAX_TIMEOUT:
+        raise ValueError(f"timeout: must be whole seconds from 1 to {MAX_TIMEOUT}, got {timeout!r}")
+    return timeout
+
+
+def _news_id(data) -> int | None:
+    return data.get("news_id") if isinstance(data.get("news_id"), int) else None
+
+
 def job_create(*, job_type: str, payload, run_at: datetime | None = None,
                delay: float | timedelta | None = None, unique_key: str | None = None,
-               queue: str | None = None) -> int:
+               queue: str | None = None, timeout: int | None = None) -> int:
     """Validate and record a job; push it after commit if it is due now. With a unique_key,
     an existing live job with that key is moved to the new run_at and payload instead."""
     jt = get_job_type(job_type)
@@ -61,20 +90,12 @@ def job_create(*, job_type: str, payload, run_at: datetime | None = None,
     queue = queue or jt.queue
     if queue not in QUEUES:
         raise ValueError(f"queue: unknown queue {queue!r}; known: {', '.join(QUEUES)}")
-    if run_at is not None and delay is not None:
-        raise ValueError("run_at and delay: give one, not both")
     now = timezone.now()
-    if delay is not None:
-        seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
-        if seconds < 0:
-            raise ValueError(f"delay: must be >= 0, got {seconds!r}")
-        run_at = now + timedelta(seconds=seconds)
-    if run_at is not None and timezone.is_naive(run_at):
-        raise ValueError(f"run_at: must be timezone-aware, got {run_at!r}")
-    run_at = run_at or now
+    run_at = _resolve_run_at(run_at, delay, now)
+    timeout = _resolve_timeout(jt, timeout)
     if unique_key is not None and not (0 < len(unique_key) <= 191):
         raise ValueError("unique_key: must be 1 to 191 characters")
-    news_id = data.get("news_id") if isinstance(data.get("news_id"), int) else None
+    news_id = _news_id(data)
 
     for attempt in range(3):
         try:
@@ -86,13 +107,13 @@ def job_create(*, job_type: str, payload, run_at: datetime | None = None,
                 due = run_at <= now
                 job = Job.objects.create(
                     job_type=jt.name, queue=queue, payload=data, max_retries=jt.max_retries,
-                    timeout=jt.timeout, run_at=run_at, news_id=news_id,
+                    timeout=timeout, run_at=run_at, news_id=news_id,
                     state=JobState.PENDING if due and not is_queue_paused(queue) else JobState.SCHEDULED,
                     dispatched_at=now if due else None,
                     unique_key=unique_key, live_key=unique_key,
                 )
                 if job.state == JobState.PENDING:
-                    _push_after_commit(job.pk, queue, jt.timeout)
+                    _push_after_commit(job.pk, queue, timeout)
                 log_job_event("enqueued", job, run_at=run_at.isoformat())
                 return job.pk
         except IntegrityError:
@@ -101,6 +122,37 @@ def job_create(*, job_type: str, payload, run_at: datetime | None = None,
             if not unique_key or attempt == 2:
                 raise
     raise AssertionError("unreachable")
+
+
+def job_create_many(*, job_type: str, payloads: list, run_at: datetime | None = None,
+                    delay: float | timedelta | None = None) -> list[int]:
+    """Record many jobs of one type in one INSERT and push their wake-ups in one pipelined
+    round trip after commit. For bulk producers; no unique keys."""
+    jt = get_job_type(job_type)
+    if len(payloads) > 10_000:
+        raise ValueError(f"payloads: at most 10000 per call, got {len(payloads)}")
+    datas = []
+    for index, payload in enumerate(payloads):
+        try:
+            datas.append(validate_payload(jt, payload))
+        except PayloadError as exc:
+            raise PayloadError(f"payloads[{index}].{exc.field}", exc.detail) from None
+    now = timezone.now()
+    run_at = _resolve_run_at(run_at, delay, now)
+    due = run_at <= now and not is_queue_paused(jt.queue)
+    with transaction.atomic():
+        jobs = Job.objects.bulk_create([
+            Job(job_type=jt.name, queue=jt.queue, payload=d, max_retries=jt.max_retries, timeout=jt.timeout,
+                run_at=run_at, news_id=_news_id(d), state=JobState.PENDING if due else JobState.SCHEDULED,
+                dispatched_at=now if due else None)
+            for d in datas
+        ], batch_size=1000)
+        ids = [j.pk for j in jobs]
+        if None in ids:  # backends that do not return ids from bulk inserts
+            raise RuntimeError("bulk insert did not return ids")
+        if due:
+            transaction.on_commit(lambda: broker.push((i, jt.queue, jt.timeout) for i in ids))
+    return ids
 
 
 def _move_live(unique_key, jt, queue, data, run_at, now) -> int | None:

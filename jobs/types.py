@@ -174,7 +174,8 @@ class PeriodicPayload(Payload):
 
 @dataclass
 class NoopPayload(Payload):
-    """For demos, benchmarks and tests: sleeps, or fails its first `fail_times` attempts."""
+    """For demos, benchmarks and tests: sleeps, or fails its first `fail_times` attempts;
+    with a marker, appends "job_id:attempt" to the Redis list nextevent:noop:<marker>."""
 
     sleep: float = 0.0
     fail_times: int = 0
@@ -186,6 +187,8 @@ class NoopPayload(Payload):
             raise PayloadError("sleep", f"must be a number of seconds from 0 to 600, got {self.sleep!r}")
         if self.fail_times < 0:
             raise PayloadError("fail_times", "must be >= 0")
+        if len(self.marker) > 64:
+            raise PayloadError("marker", "must be at most 64 characters")
 
 
 @dataclass(frozen=True)
