@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from datetime import timezone as dt_timezone
 
 from django.db import transaction
 from django.utils import timezone
@@ -122,6 +123,10 @@ def news_sync_jobs(*, news_id: int, status: str, scheduled_at: datetime | None,
     wake-ups reach Redis only after that commit."""
     from jobs import scheduler
 
+    # The same moment arrives in the editor's zone (admin forms) or in UTC (read back from
+    # the database); one form keeps an unchanged save from rewriting the job ("moved").
+    scheduled_at = scheduled_at and scheduled_at.astimezone(dt_timezone.utc)
+    expires_at = expires_at and expires_at.astimezone(dt_timezone.utc)
     if status == NewsStatus.SCHEDULED and scheduled_at is not None:
         scheduler.schedule_news_publishing(news_id, scheduled_at)
     else:
