@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from croniter import croniter
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, Min
+from django.db.models import Count, Exists, Min, OuterRef
 from django.utils import timezone
 from django_q.models import Schedule
 from django_q.utils import localtime
@@ -98,20 +98,24 @@ def first_slot(cron: str, now: datetime | None = None) -> datetime:
 def news_publish_sweep(limit: int = SWEEP_BATCH) -> str:
     """Due scheduled news with no live publishing job (missed by signals, e.g. after
     QuerySet.update()) gets one now."""
-    from jobs.scheduler import news_publish_key, schedule_news_publishing
+    from jobs.scheduler import schedule_news_publishing
+    from jobs.types import NEWS_SCHEDULED_PUBLISHER
     from news.models import News, NewsStatus
 
     now = timezone.now()
-    due = list(News.objects.filter(status=NewsStatus.SCHEDULED, scheduled_at__lte=now)
-               .order_by("scheduled_at").values_list("pk", "scheduled_at")[:limit])
-    live = set(Job.objects.filter(live_key__in=[news_publish_key(pk) for pk, _ in due])
-               .values_list("live_key", flat=True))
-    enqueued = [pk for pk, at in due if news_publish_key(pk) not in live]
-    for pk in enqueued:
-        schedule_news_publishing(pk, next(at for p, at in due if p == pk))
-    if enqueued:
-        logger.warning("publish sweep: %d due item(s) had no live job: %s", len(enqueued), enqueued[:50])
-    return f"{len(enqueued)} enqueued of {len(due)} due"
+    # Excluded in the query, not after the LIMIT: a backlog of due items whose jobs wait in
+    # a busy queue must not hide the ones that have none.
+    live_job = Job.objects.filter(news_id=OuterRef("pk"), job_type=NEWS_SCHEDULED_PUBLISHER,
+                                  live_key__isnull=False)
+    orphans = list(News.objects.filter(status=NewsStatus.SCHEDULED, scheduled_at__lte=now)
+                   .exclude(Exists(live_job))
+                   .order_by("scheduled_at").values_list("pk", "scheduled_at")[:limit])
+    for pk, at in orphans:
+        schedule_news_publishing(pk, at)
+    if orphans:
+        logger.warning("publish sweep: %d due item(s) had no live job: %s", len(orphans),
+                       [pk for pk, _ in orphans[:50]])
+    return f"{len(orphans)} enqueued"
 
 
 def news_archive_sweep(limit: int = SWEEP_BATCH) -> str:
