@@ -165,3 +165,68 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# --- WeChat Official Account (wechat/) ---
+# Credentials come only from the environment and are never logged. Without WECHAT_APP_ID the
+# WeChat jobs fail permanently with a message naming the variable (news publishing goes on).
+WECHAT_APP_ID = env.str("WECHAT_APP_ID", "")
+WECHAT_APP_SECRET = env.str("WECHAT_APP_SECRET", "")
+WECHAT_API_BASE = env.str("WECHAT_API_BASE", "https://api.weixin.qq.com/cgi-bin/")
+WECHAT_CONNECT_TIMEOUT = env.float("WECHAT_CONNECT_TIMEOUT", 5, min_value=0.1)
+WECHAT_READ_TIMEOUT = env.float("WECHAT_READ_TIMEOUT", 30, min_value=0.1)
+# Token for the callback URL's signature (the "Token" of the account's server settings).
+WECHAT_CALLBACK_TOKEN = env.str("WECHAT_CALLBACK_TOKEN", "")
+# Off: stop at the draft (unverified subscription accounts cannot use freepublish: 48001).
+WECHAT_AUTO_PUBLISH = env.bool("WECHAT_AUTO_PUBLISH", True)
+# Permanent media id used as the cover when a news item has no cover image.
+WECHAT_DEFAULT_THUMB_MEDIA_ID = env.str("WECHAT_DEFAULT_THUMB_MEDIA_ID", "")
+# Sources disagree on the limits (docs: title 32 chars, author 16, digest 128); checked before
+# any upload so a refused draft wastes no quota.
+WECHAT_TITLE_MAX_CHARS = env.int("WECHAT_TITLE_MAX_CHARS", 32, min_value=1)
+WECHAT_AUTHOR_MAX_CHARS = env.int("WECHAT_AUTHOR_MAX_CHARS", 16, min_value=1)
+WECHAT_DIGEST_MAX_CHARS = env.int("WECHAT_DIGEST_MAX_CHARS", 128, min_value=1)
+WECHAT_CONTENT_MAX_CHARS = env.int("WECHAT_CONTENT_MAX_CHARS", 20000, min_value=1)
+WECHAT_IMAGE_MAX_BYTES = env.int("WECHAT_IMAGE_MAX_BYTES", 1024 * 1024, min_value=1024)
+# freepublish/get costs one of 100 calls a day: the PUBLISHJOBFINISH push is the main path,
+# polling (doubling from FIRST up to MAX_INTERVAL, at most MAX_POLLS times) the fallback.
+WECHAT_POLL_FIRST = env.float("WECHAT_POLL_FIRST", 60, min_value=0.1)
+WECHAT_POLL_MAX_INTERVAL = env.float("WECHAT_POLL_MAX_INTERVAL", 1800, min_value=0.1)
+WECHAT_MAX_POLLS = env.int("WECHAT_MAX_POLLS", 12, min_value=1)
+# Waits for WeChat's rate limits (45011, 53501) do not spend retries; this bounds them.
+WECHAT_RATE_LIMIT_WAIT = env.float("WECHAT_RATE_LIMIT_WAIT", 60, min_value=0.1)
+WECHAT_MAX_RATE_LIMIT_WAITS = env.int("WECHAT_MAX_RATE_LIMIT_WAITS", 10, min_value=1)
+# urllib3 logs request URLs at DEBUG, and WeChat puts the access token in the query string.
+LOGGING["loggers"]["urllib3"] = {"level": "INFO"}
+
+# --- Operations (issue 7): /healthz, /readyz, /metrics, alerts (jobs/monitoring*) ---
+# Where alerts go (dead jobs, old pending jobs). It often embeds a token: never logged in full.
+ALERT_WEBHOOK_URL = env.str("ALERT_WEBHOOK_URL", "")
+if ALERT_WEBHOOK_URL and not ALERT_WEBHOOK_URL.startswith(("http://", "https://")):
+    raise ConfigError("ALERT_WEBHOOK_URL must start with http:// or https://")
+ALERT_WEBHOOK_TIMEOUT = env.float("ALERT_WEBHOOK_TIMEOUT", 5, min_value=0.1)
+# One alert per condition (e.g. "dead jobs on news") per this many minutes, across processes.
+ALERT_REPEAT_MINUTES = env.int("ALERT_REPEAT_MINUTES", 30, min_value=1)
+# Bearer token for /metrics and for /readyz's details. Empty: /metrics is open (restrict it
+# at the proxy) and /readyz details are shown to staff sessions only.
+METRICS_TOKEN = env.str("METRICS_TOKEN", "")
+# A scrape runs a few bounded ledger queries; repeated requests within this reuse the answer.
+METRICS_CACHE_SECONDS = env.float("METRICS_CACHE_SECONDS", 2, min_value=0)
+READYZ_HEARTBEAT_MAX_AGE = env.int("READYZ_HEARTBEAT_MAX_AGE", 90, min_value=1)
+READYZ_MAX_DEAD_JOBS = env.int("READYZ_MAX_DEAD_JOBS", 100, min_value=0)
+
+# --- Analytics (analytics/) ---
+# Events go to a Redis Stream; `news:analytics` jobs (every 5 minutes, and as soon as the
+# buffer holds ANALYTICS_BATCH_THRESHOLD events) count them into MariaDB in chunks.
+ANALYTICS_BATCH_THRESHOLD = env.int("ANALYTICS_BATCH_THRESHOLD", 10_000, min_value=1)
+# Ingest checks the buffer's length once per this many events recorded by the process.
+ANALYTICS_LENGTH_CHECK_EVERY = env.int("ANALYTICS_LENGTH_CHECK_EVERY", 100, min_value=1)
+ANALYTICS_BATCH_CHUNK = env.int("ANALYTICS_BATCH_CHUNK", 5_000, min_value=1, max_value=50_000)
+# One run stops after this many events or seconds (the job's timeout is 300 s) and, if the
+# buffer is not empty, enqueues the next run.
+ANALYTICS_BATCH_MAX_EVENTS = env.int("ANALYTICS_BATCH_MAX_EVENTS", 1_000_000, min_value=1)
+ANALYTICS_BATCH_MAX_SECONDS = env.float("ANALYTICS_BATCH_MAX_SECONDS", 120, min_value=1)
+# Events read by a batch that died (SIGKILL, lost host) are taken over by the next run once
+# they have been idle this long. Must exceed the time one chunk takes to commit.
+ANALYTICS_CLAIM_IDLE_SECONDS = env.float("ANALYTICS_CLAIM_IDLE_SECONDS", 30, min_value=0)
+ANALYTICS_RAW_RETENTION_DAYS = env.int("ANALYTICS_RAW_RETENTION_DAYS", 30, min_value=1)
+ANALYTICS_HTTP_MAX_BYTES = env.int("ANALYTICS_HTTP_MAX_BYTES", 1024 * 1024, min_value=1024)
