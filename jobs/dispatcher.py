@@ -39,6 +39,7 @@ FORWARD_BATCH = 500
 REAP_BATCH = 200
 REPUSH_BATCH = 500
 SCHEDULE_BATCH = 50
+BROKEN_SCHEDULE_RETRY = timedelta(minutes=1)
 
 
 def _locked(qs):
@@ -144,16 +145,25 @@ def fire_schedules(*, now: datetime | None = None, limit: int = SCHEDULE_BATCH) 
             except Exception:
                 logger.exception("schedule %r (id %s) could not fire; skipping slot %s",
                                  schedule.name, schedule.pk, schedule.next_run)
-                _advance(schedule, now)
+                try:
+                    nxt = next_slot(schedule, now)
+                except Exception:
+                    # Its timing is unusable (blank cron, unknown type): look again later.
+                    # Raising here would undo the whole pass, and every later pass, so no
+                    # schedule would fire again; fixing the row resumes it.
+                    nxt = now + BROKEN_SCHEDULE_RETRY
+                _advance(schedule, nxt)
     return fired
 
 
 def _fire_one(schedule: Schedule, now: datetime) -> int:
     slot = schedule.next_run
+    nxt = next_slot(schedule, now)  # an unusable timing fails before a job exists
     import_string(schedule.func)  # fail here, not in a worker, on a typo
-    for text, kind in ((schedule.args, tuple), (schedule.kwargs, dict)):
-        if text:
-            ast.literal_eval(text)
+    if schedule.args:
+        ast.literal_eval(schedule.args)
+    if schedule.kwargs and not isinstance(ast.literal_eval(schedule.kwargs), dict):
+        raise ValueError(f"kwargs must be a dict literal, got {schedule.kwargs!r}")
     job_id = services.job_create(
         job_type=SYSTEM_PERIODIC, queue=_schedule_queue(schedule),
         payload={"schedule_id": schedule.pk, "name": schedule.name or str(schedule.pk),
@@ -162,14 +172,13 @@ def _fire_one(schedule: Schedule, now: datetime) -> int:
         unique_key=f"schedule:{schedule.pk}:{int(slot.timestamp())}",
     )
     schedule.task = f"job:{job_id}"
-    _advance(schedule, now)
+    _advance(schedule, nxt)
     logger.info("schedule %r slot %s -> job %s (late by %.3f s)", schedule.name, slot.isoformat(), job_id,
                 (now - slot).total_seconds())
     return 1
 
 
-def _advance(schedule: Schedule, now: datetime) -> None:
-    nxt = next_slot(schedule, now)
+def _advance(schedule: Schedule, nxt: datetime | None) -> None:
     if nxt is None:  # ONCE: spent, as django-q2 does it
         if schedule.repeats < 0:
             Schedule.objects.filter(pk=schedule.pk).delete()
