@@ -231,7 +231,9 @@ def delete_in_batches(queryset, *, batch: int = DELETE_BATCH, max_batches: int =
         ids = list(queryset.order_by("pk").values_list("pk", flat=True)[:batch])
         if not ids:
             break
-        deleted, _ = queryset.model.objects.filter(pk__in=ids).delete()
+        # The filter again: a row that changed since the SELECT (a dead job retried from
+        # the admin meanwhile) no longer qualifies and must stay.
+        deleted, _ = queryset.filter(pk__in=ids).delete()
         total += deleted
         if len(ids) < batch:
             break
