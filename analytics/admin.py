@@ -1,0 +1,98 @@
+"""Analytics in the admin: counters per news item and day, today's most viewed items, the
+batches applied, and a by-day table on each News change page (news/admin.py)."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+
+from analytics.ingest import EVENT_TYPES
+from analytics.models import AppliedBatch, DailyStat, TopNewsToday
+from analytics.selectors import news_daily_stats
+from analytics.services import buffer_status
+
+
+class _ReadOnly(admin.ModelAdmin):
+    """Counters are written by the batch job only."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+def _news_link(obj):
+    url = reverse("admin:news_news_change", args=[obj.news_id])
+    return format_html('<a href="{}">{}</a>', url, obj.news)
+
+
+@admin.register(DailyStat)
+class DailyStatAdmin(_ReadOnly):
+    list_display = ("day", "news_item", "event_type", "count")
+    list_filter = ("event_type", "day")
+    search_fields = ("=news__id", "news__title")
+    date_hierarchy = "day"
+    list_select_related = ("news",)
+    show_full_result_count = False
+
+    @admin.display(description="news item", ordering="news_id")
+    def news_item(self, obj):
+        return _news_link(obj)
+
+
+@admin.register(TopNewsToday)
+class TopNewsTodayAdmin(_ReadOnly):
+    list_display = ("news_item", "count", "day")
+    list_display_links = None
+    list_select_related = ("news",)
+    list_per_page = 50
+
+    def get_queryset(self, request):
+        return (super().get_queryset(request).filter(day=timezone.localdate(), event_type="view")
+                .order_by("-count", "news_id"))
+
+    @admin.display(description="news item")
+    def news_item(self, obj):
+        return _news_link(obj)
+
+    def changelist_view(self, request, extra_context=None):
+        status = buffer_status()
+        extra_context = {**(extra_context or {}),
+                         "title": f"Top news by views today ({timezone.localdate().isoformat()}); "
+                                  f"{status['length']} event(s) waiting in the buffer, not yet counted"}
+        return super().changelist_view(request, extra_context)
+
+
+@admin.register(AppliedBatch)
+class AppliedBatchAdmin(_ReadOnly):
+    list_display = ("id", "applied_at", "reason", "events", "counted", "dropped_unknown_news", "dropped_invalid",
+                    "took_ms", "consumer")
+    list_filter = ("reason",)
+    date_hierarchy = "applied_at"
+    show_full_result_count = False
+    exclude = ("entry_keys",)
+
+
+def news_analytics_table(news, days: int = 30) -> str:
+    """HTML for the News change page: the item's last `days` days of counters."""
+    if news is None or news.pk is None:
+        return "-"
+    rows = news_daily_stats(news_id=news.pk, days=days)
+    link = reverse("admin:analytics_dailystat_changelist") + f"?news__id__exact={news.pk}"
+    if not rows:
+        return format_html('No events counted in the last {} days. <a href="{}">All days</a>', days, link)
+    columns = [*EVENT_TYPES, "unique_users"]
+    head = format_html_join("", "<th>{}</th>", ((c.replace("_", " "),) for c in ["day", *columns]))
+    body = format_html_join(
+        "", "<tr>{}</tr>",
+        ((format_html_join("", "<td>{}</td>", ((row["day"].isoformat(),), *((row.get(c, 0),) for c in columns))),)
+         for row in rows))
+    return format_html('<table><thead><tr>{}</tr></thead><tbody>{}</tbody></table>'
+                       '<p><a href="{}">All days</a>. Events in the buffer are counted within 5 minutes.</p>',
+                       head, body, link)

@@ -1,0 +1,115 @@
+"""Analytics counters, written only by the batch job (analytics/services.py).
+
+Events wait in a Redis Stream (analytics/ingest.py); each batch chunk is applied in one
+transaction that writes all of the tables below, so they always agree with each other."""
+
+from __future__ import annotations
+
+from django.db import models
+
+from news.models import News
+
+
+class DailyStat(models.Model):
+    """Events of one type for one news item on one day (in TIME_ZONE)."""
+
+    news = models.ForeignKey(News, on_delete=models.CASCADE, related_name="analytics_daily")
+    day = models.DateField()
+    event_type = models.CharField(max_length=16)
+    count = models.BigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-day", "news_id", "event_type"]
+        constraints = [
+            # The batch upserts on this key (INSERT ... ON DUPLICATE KEY UPDATE).
+            models.UniqueConstraint(fields=["news", "day", "event_type"], name="analytics_daily_news_day_type"),
+        ]
+        indexes = [
+            # "Top news by views today".
+            models.Index(fields=["day", "event_type"], name="analytics_daily_day_type_idx"),
+        ]
+
+    def __str__(self):
+        return f"news {self.news_id} {self.day} {self.event_type}={self.count}"
+
+
+class TopNewsToday(DailyStat):
+    """Admin view only: today's view counters, highest first."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "top news by views today"
+        verbose_name_plural = "top news by views today"
+
+
+class DailyUser(models.Model):
+    """One row per (news item, day, user) that had any event: exact unique users per day.
+    The batch inserts with INSERT IGNORE; the count is a COUNT(*) over the key's prefix."""
+
+    pk = models.CompositePrimaryKey("news", "day", "user_id")
+    news = models.ForeignKey(News, on_delete=models.CASCADE, related_name="+")
+    day = models.DateField()
+    user_id = models.CharField(max_length=64)
+
+    def __str__(self):
+        return f"news {self.news_id} {self.day} user {self.user_id}"
+
+
+class RawEvent(models.Model):
+    """Every counted event as it was recorded, kept ANALYTICS_RAW_RETENTION_DAYS."""
+
+    # Not a foreign key: a raw log outlives nothing it refers to beyond its retention, and
+    # the bulk insert is cheaper without the check.
+    news_id = models.BigIntegerField()
+    event_type = models.CharField(max_length=16)
+    user_id = models.CharField(max_length=64, blank=True)
+    metadata = models.JSONField(null=True, blank=True)
+    occurred_at = models.DateTimeField(db_index=True, help_text="When the buffer accepted it")
+    stream_id = models.CharField(max_length=40, help_text="Its id in the Redis Stream")
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self):
+        return f"{self.event_type} news {self.news_id} at {self.occurred_at}"
+
+
+class AppliedBatch(models.Model):
+    """The buffer entries one committed chunk applied, written in that chunk's transaction:
+    a replay of any of them (a batch killed after commit but before XACK) is skipped.
+
+    A chunk read fresh from the stream (XREADGROUP >) holds every entry between its first
+    and last id, so the range says it all; a chunk of taken-over entries may have gaps, so
+    it lists its ids. Ids are stored as sortable keys (see analytics.services.sort_key)."""
+
+    first_key = models.CharField(max_length=32)
+    last_key = models.CharField(max_length=32, db_index=True)
+    entry_keys = models.TextField(blank=True, help_text="Space-separated; empty: the whole range")
+    reason = models.CharField(max_length=32, blank=True)
+    consumer = models.CharField(max_length=191, blank=True)
+    events = models.PositiveIntegerField(default=0, help_text="Entries in the chunk")
+    counted = models.PositiveIntegerField(default=0)
+    dropped_unknown_news = models.PositiveIntegerField(default=0)
+    dropped_invalid = models.PositiveIntegerField(default=0)
+    took_ms = models.PositiveIntegerField(default=0)
+    applied_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-id"]
+        verbose_name_plural = "applied batches"
+
+    def __str__(self):
+        return f"batch {self.pk}: {self.counted} counted at {self.applied_at}"
+
+
+class ApplyLock(models.Model):
+    """One row, locked FOR UPDATE by each chunk's transaction: chunks apply one at a time,
+    so the replay check sees every earlier commit and two batches cannot deadlock on the
+    same hot news rows. Reading, parsing and aggregating still run in parallel."""
+
+    name = models.CharField(max_length=32, unique=True)
+    held_by = models.CharField(max_length=191, blank=True)
+    acquired_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self):
+        return f"lock {self.name} (last {self.held_by})"

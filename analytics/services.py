@@ -1,0 +1,397 @@
+"""The analytics batch: drain the Redis Stream buffer (analytics/ingest.py) into counters.
+
+Nothing lost, nothing counted twice:
+- The buffer is read through a consumer group, so what a batch has read stays in the
+  group's pending list until it is acknowledged.
+- Each chunk is applied in ONE transaction that upserts the daily counters, adds to the
+  news item's running totals, records unique users and the raw events, and records which
+  entries it applied (AppliedBatch). XACK and XDEL come only after the commit.
+- A batch killed before its commit leaves its entries pending; once they have been idle
+  ANALYTICS_CLAIM_IDLE_SECONDS the next run takes them over (XAUTOCLAIM) and counts them.
+- A batch killed after its commit but before XACK leaves entries that were already
+  counted: the next run finds them in AppliedBatch and only acknowledges them.
+- Chunk transactions apply one at a time (a row lock, ApplyLock), and the replay check
+  runs under that lock, so it sees every earlier commit; two batches running at once (or
+  one taking over a live one's entries) cannot both count an entry.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import logging
+import os
+import socket
+import time
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import redis
+from django.conf import settings
+from django.db import IntegrityError, OperationalError, connection, transaction
+from django.utils import timezone
+
+from analytics.ingest import EVENT_TYPES, STREAM_KEY, enqueue_threshold_batch
+from analytics.models import AppliedBatch, ApplyLock, DailyStat, DailyUser, RawEvent
+from nextevent.redis import get_redis
+from news.models import News
+
+logger = logging.getLogger(__name__)
+
+GROUP = "analytics-batch"
+LOCK_NAME = "apply"
+# Consumers are named per run; a crashed run's consumer is removed once its entries have
+# been taken over and it has been silent this long.
+STALE_CONSUMER_MS = 3600 * 1000
+# MariaDB deadlock (1213) and lock wait timeout (1205): the chunk's transaction was rolled
+# back whole, so it is safe to run again.
+RETRYABLE_DB_ERRORS = {1205, 1213}
+CHUNK_ATTEMPTS = 3
+NEWS_UPDATE_BATCH = 500
+
+
+@dataclass
+class Entry:
+    entry_id: str
+    key: str  # sortable form of entry_id
+    ms: int
+    news_id: int | None  # None: the entry is not a valid event
+    event_type: str = ""
+    user_id: str = ""
+    metadata: str | None = None
+
+
+@dataclass
+class Tally:
+    chunks: int = 0
+    events: int = 0
+    counted: int = 0
+    dropped_unknown_news: int = 0
+    dropped_invalid: int = 0
+    replayed: int = 0
+    taken_over: int = 0
+    unknown_news_ids: set[int] = field(default_factory=set)
+
+    def add(self, other: Tally) -> None:
+        for name in ("chunks", "events", "counted", "dropped_unknown_news", "dropped_invalid", "replayed",
+                     "taken_over"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.unknown_news_ids |= other.unknown_news_ids
+
+
+def sort_key(entry_id: str) -> str:
+    """A stream id ("1712345678901-7") as a string that sorts like the id."""
+    ms, _, seq = entry_id.partition("-")
+    return f"{int(ms):015d}-{int(seq or 0):010d}"
+
+
+# ---------------------------------------------------------------- the batch
+
+
+def analytics_process_batch(*, reason: str = "manual", max_events: int | None = None,
+                            max_seconds: float | None = None, chunk_size: int | None = None) -> str:
+    """Count buffered events into the database, chunk by chunk, until the buffer is empty
+    or ANALYTICS_BATCH_MAX_EVENTS / ANALYTICS_BATCH_MAX_SECONDS is reached (then the next
+    run is enqueued). Entries of dead batches are taken over first. Returns a summary."""
+    max_events = max_events or settings.ANALYTICS_BATCH_MAX_EVENTS
+    max_seconds = max_seconds or settings.ANALYTICS_BATCH_MAX_SECONDS
+    chunk_size = chunk_size or settings.ANALYTICS_BATCH_CHUNK
+    client = get_redis()
+    ensure_group(client)
+    consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    started = time.monotonic()
+    total = Tally()
+    cursor = "0-0"
+    claiming = True
+    limited = False
+    try:
+        while True:
+            if total.events >= max_events or time.monotonic() - started >= max_seconds:
+                limited = True
+                break
+            count = min(chunk_size, max_events - total.events)
+            if claiming:
+                cursor, entries = _take_over_idle(client, consumer, cursor, count)
+                claiming = cursor != "0-0"
+                if not entries:
+                    continue
+                tally = _apply_with_retries(entries, fresh_read=False, reason=reason, consumer=consumer)
+                tally.taken_over = len(entries)
+            else:
+                entries = _read_new(client, consumer, count)
+                if not entries:
+                    break
+                tally = _apply_with_retries(entries, fresh_read=True, reason=reason, consumer=consumer)
+            _ack(client, [e.entry_id for e in entries])
+            total.add(tally)
+    finally:
+        _forget_consumers(client, consumer)
+    if total.unknown_news_ids:
+        logger.warning("analytics: dropped %d event(s) for news items that do not exist: ids %s",
+                       total.dropped_unknown_news, sorted(total.unknown_news_ids)[:50])
+    backlog = client.xlen(STREAM_KEY)
+    summary = (f"{total.events} events in {total.chunks} chunk(s) in {time.monotonic() - started:.2f} s: "
+               f"{total.counted} counted, {total.dropped_unknown_news} dropped (unknown news), "
+               f"{total.dropped_invalid} dropped (invalid), {total.replayed} already counted, "
+               f"{total.taken_over} taken over; buffer now {backlog}")
+    if limited and backlog:
+        enqueue_threshold_batch(backlog, reason="continue")
+        summary += "; next run enqueued"
+    logger.info("analytics batch (%s): %s", reason, summary)
+    return summary
+
+
+def ensure_group(client: redis.Redis) -> None:
+    try:
+        # From id 0: events appended before the group existed are read too.
+        client.xgroup_create(STREAM_KEY, GROUP, id="0", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def buffer_status() -> dict:
+    """Length of the buffer and entries read but not yet acknowledged (for admin/ops)."""
+    client = get_redis()
+    length = client.xlen(STREAM_KEY)
+    try:
+        pending = client.xpending(STREAM_KEY, GROUP)["pending"]
+    except redis.ResponseError:  # no stream or group yet
+        pending = 0
+    return {"length": length, "pending": pending}
+
+
+def _read_new(client: redis.Redis, consumer: str, count: int) -> list[Entry]:
+    reply = client.xreadgroup(GROUP, consumer, {STREAM_KEY: ">"}, count=count)
+    if not reply:
+        return []
+    return [_parse(entry_id, fields) for entry_id, fields in reply[0][1]]
+
+
+def _take_over_idle(client: redis.Redis, consumer: str, cursor: str, count: int) -> tuple[str, list[Entry]]:
+    """Entries other batches read and left unacknowledged for ANALYTICS_CLAIM_IDLE_SECONDS."""
+    min_idle = int(settings.ANALYTICS_CLAIM_IDLE_SECONDS * 1000)
+    reply = client.xautoclaim(STREAM_KEY, GROUP, consumer, min_idle, start_id=cursor, count=count)
+    next_cursor = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+    entries = [_parse(entry_id, fields) for entry_id, fields in reply[1] if entry_id is not None]
+    if entries:
+        logger.warning("analytics: taking over %d event(s) left unacknowledged by a dead or stalled batch "
+                       "(%s .. %s)", len(entries), entries[0].entry_id, entries[-1].entry_id)
+    return ("0-0" if next_cursor in ("0-0", "0") else next_cursor), entries
+
+
+def _parse(entry_id: bytes | str, fields: dict | None) -> Entry:
+    entry_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms = int(entry_id.partition("-")[0])
+    entry = Entry(entry_id=entry_id, key=sort_key(entry_id), ms=ms, news_id=None)
+    if not fields:  # deleted from the stream while pending (Redis 6.2 reports it so)
+        return entry
+    try:
+        news_id = int(fields[b"n"])
+        event_type = fields[b"t"].decode()
+        user = fields.get(b"u")
+        metadata = fields.get(b"m")
+        entry.user_id = user.decode() if user else ""
+        entry.metadata = metadata.decode() if metadata else None
+    except (KeyError, ValueError, UnicodeDecodeError):
+        return entry
+    if event_type in EVENT_TYPES and news_id > 0 and len(entry.user_id) <= 64:
+        entry.news_id, entry.event_type = news_id, event_type
+    return entry
+
+
+def _ack(client: redis.Redis, entry_ids: list[str]) -> None:
+    pipe = client.pipeline(transaction=False)
+    pipe.xack(STREAM_KEY, GROUP, *entry_ids)
+    pipe.xdel(STREAM_KEY, *entry_ids)
+    pipe.execute()
+
+
+def _forget_consumers(client: redis.Redis, mine: str) -> None:
+    """Remove this run's consumer, and crashed runs' consumers whose entries were taken
+    over. A consumer is removed only with nothing pending: deleting it would orphan those."""
+    try:
+        for info in client.xinfo_consumers(STREAM_KEY, GROUP):
+            name = info["name"].decode() if isinstance(info["name"], bytes) else info["name"]
+            if info["pending"] == 0 and (name == mine or info["idle"] > STALE_CONSUMER_MS):
+                client.xgroup_delconsumer(STREAM_KEY, GROUP, name)
+    except redis.RedisError:
+        logger.exception("analytics: could not tidy the consumer group")
+
+
+# ---------------------------------------------------------------- one chunk
+
+
+def _apply_with_retries(entries: list[Entry], *, fresh_read: bool, reason: str, consumer: str) -> Tally:
+    for attempt in range(1, CHUNK_ATTEMPTS + 1):
+        try:
+            return apply_chunk(entries, fresh_read=fresh_read, reason=reason, consumer=consumer)
+        except OperationalError as exc:
+            code = exc.args[0] if exc.args else None
+            if code not in RETRYABLE_DB_ERRORS or attempt == CHUNK_ATTEMPTS:
+                raise
+            logger.warning("analytics: chunk rolled back (%s), attempt %d of %d", exc, attempt, CHUNK_ATTEMPTS)
+            time.sleep(0.05 * attempt)
+    raise AssertionError("unreachable")
+
+
+def apply_chunk(entries: list[Entry], *, fresh_read: bool, reason: str, consumer: str) -> Tally:
+    """Apply one chunk of buffer entries in one transaction. `fresh_read`: the entries are
+    one XREADGROUP > reply, i.e. every entry between the first and the last id."""
+    started = time.monotonic()
+    tally = Tally(chunks=1, events=len(entries))
+    with transaction.atomic():
+        _lock_apply(consumer)
+        applied = _already_applied(entries)
+        fresh = [e for e in entries if e.key not in applied]
+        tally.replayed = len(entries) - len(fresh)
+        if not fresh:
+            return tally
+        valid = [e for e in fresh if e.news_id is not None]
+        tally.dropped_invalid = len(fresh) - len(valid)
+        wanted = {e.news_id for e in valid}
+        existing = set(News.objects.filter(pk__in=wanted).values_list("pk", flat=True)) if wanted else set()
+        counted = [e for e in valid if e.news_id in existing]
+        tally.counted = len(counted)
+        tally.dropped_unknown_news = len(valid) - len(counted)
+        tally.unknown_news_ids = wanted - existing
+        if counted:
+            _write_counters(counted)
+        whole_range = fresh_read and len(fresh) == len(entries)
+        _record_applied(fresh, whole_range=whole_range, reason=reason, consumer=consumer, tally=tally,
+                        took_ms=int((time.monotonic() - started) * 1000))
+    return tally
+
+
+def _lock_apply(consumer: str) -> None:
+    now = timezone.now()
+    if ApplyLock.objects.filter(name=LOCK_NAME).update(held_by=consumer[:191], acquired_at=now):
+        return
+    try:
+        with transaction.atomic():
+            ApplyLock.objects.create(name=LOCK_NAME, held_by=consumer[:191], acquired_at=now)
+    except IntegrityError:  # created meanwhile by another batch: wait for its lock
+        ApplyLock.objects.filter(name=LOCK_NAME).update(held_by=consumer[:191], acquired_at=now)
+
+
+def _already_applied(entries: list[Entry]) -> set[str]:
+    keys = sorted(e.key for e in entries)
+    rows = AppliedBatch.objects.filter(last_key__gte=keys[0], first_key__lte=keys[-1]).values_list(
+        "first_key", "last_key", "entry_keys")
+    applied: set[str] = set()
+    for first, last, listed in rows:
+        if listed:
+            applied.update(set(listed.split()) & set(keys))
+        else:
+            applied.update(keys[bisect.bisect_left(keys, first):bisect.bisect_right(keys, last)])
+    return applied
+
+
+def _record_applied(fresh: list[Entry], *, whole_range: bool, reason: str, consumer: str, tally: Tally,
+                    took_ms: int) -> None:
+    keys = sorted(e.key for e in fresh)
+    AppliedBatch.objects.create(
+        first_key=keys[0], last_key=keys[-1], entry_keys="" if whole_range else " ".join(keys),
+        reason=reason[:32], consumer=consumer[:191], events=tally.events, counted=tally.counted,
+        dropped_unknown_news=tally.dropped_unknown_news, dropped_invalid=tally.dropped_invalid,
+        took_ms=took_ms)
+
+
+@functools.lru_cache(maxsize=4096)
+def _day_of_minute(minute: int, tz_name: str) -> date:
+    # Day boundaries fall on whole minutes in every time zone.
+    return datetime.fromtimestamp(minute * 60, tz=ZoneInfo(tz_name)).date()
+
+
+def day_of(ms: int) -> date:
+    return _day_of_minute(ms // 60000, settings.TIME_ZONE)
+
+
+def _utc_text(ms: int) -> str:
+    return (datetime(1970, 1, 1) + timedelta(milliseconds=ms)).isoformat(sep=" ", timespec="microseconds")
+
+
+def _write_counters(events: list[Entry]) -> None:
+    tz_name = settings.TIME_ZONE
+    daily: Counter = Counter()
+    totals: dict[int, Counter] = defaultdict(Counter)
+    users: set[tuple[int, str, str]] = set()
+    raw = []
+    for e in events:
+        day = _day_of_minute(e.ms // 60000, tz_name).isoformat()
+        daily[(e.news_id, day, e.event_type)] += 1
+        total_field = EVENT_TYPES[e.event_type]
+        if total_field:
+            totals[e.news_id][total_field] += 1
+        if e.user_id:
+            users.add((e.news_id, day, e.user_id))
+        raw.append((e.news_id, e.event_type, e.user_id, e.metadata, _utc_text(e.ms), e.entry_id))
+    sql = _Sql()
+    with connection.cursor() as cursor:
+        # Sorted, so concurrent writers (a person saving a news item) lock rows in one order.
+        cursor.executemany(sql.upsert_daily, [(*k, n) for k, n in sorted(daily.items())])
+        ids = sorted(totals)
+        for start in range(0, len(ids), NEWS_UPDATE_BATCH):
+            part = ids[start:start + NEWS_UPDATE_BATCH]
+            statement, params = sql.add_totals(part, totals)
+            cursor.execute(statement, params)
+        if users:
+            cursor.executemany(sql.insert_users, sorted(users))
+        cursor.executemany(sql.insert_raw, raw)
+
+
+class _Sql:
+    """The chunk's statements for MariaDB/MySQL, and SQLite (the embedded demo mode)."""
+
+    def __init__(self):
+        q = connection.ops.quote_name
+        self.mysql = connection.vendor == "mysql"
+        daily, users, raw = (q(m._meta.db_table) for m in (DailyStat, DailyUser, RawEvent))
+        self.news = q(News._meta.db_table)
+        if self.mysql:
+            self.upsert_daily = (f"INSERT INTO {daily} (news_id, day, event_type, count) VALUES (%s, %s, %s, %s) "
+                                 f"ON DUPLICATE KEY UPDATE count = count + VALUES(count)")
+            self.insert_users = f"INSERT IGNORE INTO {users} (news_id, day, user_id) VALUES (%s, %s, %s)"
+        else:
+            self.upsert_daily = (f"INSERT INTO {daily} (news_id, day, event_type, count) VALUES (%s, %s, %s, %s) "
+                                 f"ON CONFLICT (news_id, day, event_type) DO UPDATE SET count = count + excluded.count")
+            self.insert_users = f"INSERT OR IGNORE INTO {users} (news_id, day, user_id) VALUES (%s, %s, %s)"
+        self.insert_raw = (f"INSERT INTO {raw} (news_id, event_type, user_id, metadata, occurred_at, stream_id) "
+                           f"VALUES (%s, %s, %s, %s, %s, %s)")
+
+    def add_totals(self, ids: list[int], totals: dict[int, Counter]) -> tuple[str, list]:
+        sets, params = [], []
+        for name in sorted({f for f in EVENT_TYPES.values() if f}):
+            arms = [(i, totals[i][name]) for i in ids if totals[i][name]]
+            if not arms:
+                continue
+            sets.append(f"{name} = {name} + CASE id " + " ".join(["WHEN %s THEN %s"] * len(arms)) + " ELSE 0 END")
+            params += [x for arm in arms for x in arm]
+        placeholders = ", ".join(["%s"] * len(ids))
+        return f"UPDATE {self.news} SET {', '.join(sets)} WHERE id IN ({placeholders})", params + ids
+
+
+# ---------------------------------------------------------------- retention
+
+
+RAW_DELETE_BATCH = 5000
+RAW_DELETE_MAX_BATCHES = 200
+
+
+def analytics_cleanup(*, now: datetime | None = None) -> int:
+    """Delete raw events (and applied-batch records) older than ANALYTICS_RAW_RETENTION_DAYS,
+    in short transactions of RAW_DELETE_BATCH rows, at most RAW_DELETE_MAX_BATCHES per
+    run. Counters and unique users are kept. Returns the raw events deleted."""
+    from jobs.cron import delete_in_batches
+
+    now = now or timezone.now()
+    cutoff = now - timedelta(days=settings.ANALYTICS_RAW_RETENTION_DAYS)
+    deleted = delete_in_batches(RawEvent.objects.filter(occurred_at__lt=cutoff), batch=RAW_DELETE_BATCH,
+                                max_batches=RAW_DELETE_MAX_BATCHES)
+    batches = delete_in_batches(AppliedBatch.objects.filter(applied_at__lt=cutoff))
+    logger.info("analytics cleanup: %d raw event(s) and %d batch record(s) older than %s deleted",
+                deleted, batches, cutoff.isoformat())
+    return deleted
