@@ -9,6 +9,8 @@ logger = logging.getLogger("jobs.events")
 
 
 def log_job_event(event: str, job, *, level: int = logging.INFO, **fields) -> None:
+    if not logger.isEnabledFor(level):
+        return
     data = {
         "event": event,
         "job_id": job.pk,

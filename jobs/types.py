@@ -8,6 +8,7 @@ REGISTRY below.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import typing
 from dataclasses import dataclass, field
@@ -44,7 +45,7 @@ class Payload:
     def from_json(cls, data: Any):
         if not isinstance(data, dict):
             raise PayloadError("payload", f"must be a JSON object, got {type(data).__name__}")
-        hints = typing.get_type_hints(cls)
+        hints = _hints(cls)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -62,6 +63,11 @@ class Payload:
 
     def validate(self) -> None:
         """Per-type rules beyond the field types."""
+
+
+@functools.lru_cache(maxsize=None)
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:

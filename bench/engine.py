@@ -1,0 +1,164 @@
+"""Job engine benchmark: prints its figures (and writes bench/results/engine.json).
+
+    .venv/bin/python bench/engine.py [--jobs 5000] [--workers 2] [--lateness-jobs 1000]
+
+Uses its own database (DB_NAME, default nextevent_bench) and Redis db (REDIS_DB, default 9),
+which it empties, and one real qcluster subprocess running the default queue with
+--workers worker processes. Measures, in one run:
+1. throughput end to end (first enqueue to last completion) of no-op jobs: raw django-q2
+   async_task vs the engine (per-job enqueue, and enqueue_many), same cluster, same workers;
+2. lateness (started - run_at) of jobs whose run_at is spread over 30 s: p50, p99, max;
+3. time from SIGKILL of a worker mid-job to the job running again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import Cluster, machine, percentile, setup_django  # noqa: E402
+
+
+def wait(predicate, timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def reset():
+    from jobs.models import Job
+    from nextevent.redis import get_redis
+
+    Job.objects.all().delete()
+    get_redis().flushdb()
+
+
+def bench_raw(n: int) -> float:
+    from django_q.brokers import get_broker
+    from django_q.tasks import async_task
+
+    from nextevent.redis import get_redis
+
+    counter = "bench:raw:done"
+    get_redis().delete(counter)
+    broker = get_broker("default")  # reused: async_task opens a connection per call otherwise
+    t0 = time.perf_counter()
+    for _ in range(n):
+        async_task("bench.tasks.raw_noop", counter, cluster="default", broker=broker)
+    wait(lambda: int(get_redis().get(counter) or 0) >= n, 600, "raw tasks", 0.01)
+    return n / (time.perf_counter() - t0)
+
+
+def _completed(ids_from: int) -> int:
+    from jobs.models import Job, JobState
+
+    return Job.objects.filter(pk__gt=ids_from, state=JobState.COMPLETED).count()
+
+
+def bench_engine(n: int, bulk: bool) -> float:
+    from jobs import scheduler, types
+    from jobs.models import Job
+
+    last = Job.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
+    t0 = time.perf_counter()
+    if bulk:
+        for start in range(0, n, 500):
+            scheduler.enqueue_many(types.SYSTEM_NOOP, [{}] * min(500, n - start))
+    else:
+        for _ in range(n):
+            scheduler.enqueue(types.SYSTEM_NOOP, {})
+    wait(lambda: _completed(last) >= n, 600, "engine jobs", 0.02)
+    return n / (time.perf_counter() - t0)
+
+
+def bench_lateness(n: int, spread: float) -> dict:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from jobs import scheduler, types
+    from jobs.models import Job, JobState
+
+    start = timezone.now() + timedelta(seconds=5)
+    ids = [scheduler.enqueue(types.SYSTEM_NOOP, {}, run_at=start + timedelta(seconds=spread * i / n))
+           for i in range(n)]
+    wait(lambda: Job.objects.filter(pk__in=ids, state=JobState.COMPLETED).count() == n, spread + 120, "lateness jobs")
+    lateness = [(s - r).total_seconds() for s, r in Job.objects.filter(pk__in=ids).values_list("started_at", "run_at")]
+    return {"jobs": n, "spread_s": spread, "p50_s": percentile(lateness, 50), "p99_s": percentile(lateness, 99),
+            "max_s": max(lateness), "min_s": min(lateness), "early": sum(1 for x in lateness if x < 0)}
+
+
+def bench_sigkill(rounds: int) -> list[float]:
+    from jobs import scheduler, types
+    from jobs.models import Job, JobState
+
+    out = []
+    for _ in range(rounds):
+        job_id = scheduler.enqueue(types.SYSTEM_NOOP, {"sleep": 5})
+        job = wait(lambda: Job.objects.filter(pk=job_id, state=JobState.ACTIVE).first(), 30, "active job")
+        os.kill(int(job.worker.rsplit(":", 1)[1]), signal.SIGKILL)
+        killed = time.time()
+        again = wait(lambda: Job.objects.filter(pk=job_id, attempts=2).exclude(state=JobState.RETRY).first(), 60,
+                     "second attempt")
+        out.append(again.started_at.timestamp() - killed)
+        wait(lambda: Job.objects.filter(pk=job_id, state=JobState.COMPLETED).exists(), 30, "completion")
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=5000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--lateness-jobs", type=int, default=1000)
+    parser.add_argument("--spread", type=float, default=30.0)
+    parser.add_argument("--kills", type=int, default=3)
+    args = parser.parse_args()
+
+    setup_django("nextevent_bench", "9")
+    reset()
+    cluster = Cluster(["default"], env={"JOBS_WORKERS_DEFAULT": str(args.workers), "LOG_LEVEL": "WARNING"})
+    try:
+        cluster.wait_ready()
+        bench_raw(200)  # warm-up: every worker imports and connects
+        bench_engine(200, bulk=True)
+        results = {"machine": machine(), "workers": args.workers, "jobs": args.jobs}
+        results["raw_django_q2_jobs_per_s"] = bench_raw(args.jobs)
+        results["engine_enqueue_jobs_per_s"] = bench_engine(args.jobs, bulk=False)
+        results["engine_enqueue_many_jobs_per_s"] = bench_engine(args.jobs, bulk=True)
+        results["engine_vs_raw"] = results["engine_enqueue_jobs_per_s"] / results["raw_django_q2_jobs_per_s"]
+        results["engine_many_vs_raw"] = results["engine_enqueue_many_jobs_per_s"] / results["raw_django_q2_jobs_per_s"]
+        results["lateness"] = bench_lateness(args.lateness_jobs, args.spread)
+        results["sigkill_to_rerun_s"] = bench_sigkill(args.kills)
+    finally:
+        cluster.stop()
+
+    lat = results["lateness"]
+    print(f"machine: {results['machine']}; default queue with {args.workers} workers")
+    print(f"throughput, {args.jobs} no-op jobs, first enqueue to last completion:")
+    print(f"  raw django-q2 async_task      {results['raw_django_q2_jobs_per_s']:8.0f} jobs/s")
+    print(f"  engine, enqueue() per job     {results['engine_enqueue_jobs_per_s']:8.0f} jobs/s "
+          f"({results['engine_vs_raw']:.0%} of raw)")
+    print(f"  engine, enqueue_many()        {results['engine_enqueue_many_jobs_per_s']:8.0f} jobs/s "
+          f"({results['engine_many_vs_raw']:.0%} of raw)")
+    print(f"lateness (started - run_at), {lat['jobs']} jobs over {lat['spread_s']:.0f} s: "
+          f"p50 {lat['p50_s']*1000:.0f} ms, p99 {lat['p99_s']*1000:.0f} ms, max {lat['max_s']*1000:.0f} ms, "
+          f"early {lat['early']}")
+    print("SIGKILL of a worker mid-job to the job running again: "
+          + ", ".join(f"{s:.1f} s" for s in results["sigkill_to_rerun_s"]))
+    out = Path(__file__).resolve().parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / "engine.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
