@@ -1,9 +1,10 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
 from analytics import views as analytics_views
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/analytics/events", analytics_views.events, name="analytics-events"),
+    path("wechat/", include("wechat.urls")),
 ]

@@ -251,7 +251,10 @@ def _handler(fake: FakeWechat):
             self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up (timeout) or was killed: as WeChat, carry on
 
     return Handler
 
