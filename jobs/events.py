@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import logging
 
+from django.utils import timezone
+
 logger = logging.getLogger("jobs.events")
+
+# Events that end an attempt without finishing the job: their line carries the attempt's
+# duration too (completed and dead pass theirs explicitly).
+ATTEMPT_ENDING_EVENTS = frozenset({"retried", "snoozed"})
 
 
 def log_job_event(event: str, job, *, level: int = logging.INFO, **fields) -> None:
     if not logger.isEnabledFor(level):
         return
+    started_at = getattr(job, "started_at", None)
+    if event in ATTEMPT_ENDING_EVENTS and fields.get("duration_ms") is None and started_at is not None:
+        fields["duration_ms"] = int((timezone.now() - started_at).total_seconds() * 1000)
     data = {
         "event": event,
         "job_id": job.pk,

@@ -1,0 +1,288 @@
+"""Read-only views of the job system for people and machines: per-queue counts, throughput,
+lateness, failures and liveness. Used by `manage.py jobs`, the admin dashboard, /readyz
+and /metrics. Every query is bounded (a time window, a LIMIT, or an index-only COUNT by
+state), so a large ledger does not make a scrape or a page slow.
+
+Acting on jobs (retry, cancel, delete, pause, resume) stays in jobs/services.py."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.db.models import Count, Min, Q
+from django.utils import timezone
+
+from jobs.models import Heartbeat, Job, JobState, QueuePause
+from jobs.types import QUEUES
+
+logger = logging.getLogger(__name__)
+
+# States counted by queue everywhere: the live ones plus dead (which waits for a person).
+# Completed and cancelled rows are history: counted only over time windows.
+COUNTED_STATES = ("scheduled", "pending", "active", "retry", "dead")
+FINISHED_COUNTED = (JobState.COMPLETED, JobState.DEAD)
+DISPATCHER_ALIVE_SECONDS = 15  # dispatchers write their heartbeat every 5 s
+DISPATCHER_SHOWN_SECONDS = 3600  # older rows are processes long gone
+LATENESS_WINDOW = timedelta(hours=24)
+LATENESS_SAMPLE = 5000  # the most recent finished jobs in the window
+ANALYTICS_STREAM_KEY = "nextevent:analytics:events"
+
+
+def local_day_start(now: datetime) -> datetime:
+    return timezone.localtime(now).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+# ---------------------------------------------------------------- ledger
+
+
+def ledger_counts() -> dict[str, dict[str, int]]:
+    """{queue: {state: n}} for COUNTED_STATES; every known queue present."""
+    counts = {q: dict.fromkeys(COUNTED_STATES, 0) for q in QUEUES}
+    rows = (Job.objects.filter(state__in=COUNTED_STATES).values("queue", "state").order_by()
+            .annotate(n=Count("pk")))
+    for row in rows:
+        counts.setdefault(row["queue"], dict.fromkeys(COUNTED_STATES, 0))[row["state"]] = row["n"]
+    return counts
+
+
+def oldest_pending(now: datetime) -> dict[str, float]:
+    """Seconds since the oldest pending job of each queue was handed to Redis (0 if none)."""
+    oldest = dict(Job.objects.filter(state=JobState.PENDING).values("queue").order_by()
+                  .annotate(t=Min("dispatched_at")).values_list("queue", "t"))
+    ages = dict.fromkeys(QUEUES, 0.0)
+    for queue, at in oldest.items():
+        if at is not None:
+            ages[queue] = round(max((now - at).total_seconds(), 0.0), 3)
+    return ages
+
+
+def finished_counts(now: datetime) -> dict[str, dict[str, int]]:
+    """Per queue: completed and failed (dead) jobs finished in the last hour and today
+    (since local midnight)."""
+    hour_ago = now - timedelta(hours=1)
+    day_start = local_day_start(now)
+    keys = ("completed_1h", "failed_1h", "completed_today", "failed_today")
+    out = {q: dict.fromkeys(keys, 0) for q in QUEUES}
+    rows = (Job.objects.filter(state__in=FINISHED_COUNTED, finished_at__gte=min(hour_ago, day_start))
+            .values("queue").order_by().annotate(
+                completed_1h=Count("pk", filter=Q(state=JobState.COMPLETED, finished_at__gte=hour_ago)),
+                failed_1h=Count("pk", filter=Q(state=JobState.DEAD, finished_at__gte=hour_ago)),
+                completed_today=Count("pk", filter=Q(state=JobState.COMPLETED, finished_at__gte=day_start)),
+                failed_today=Count("pk", filter=Q(state=JobState.DEAD, finished_at__gte=day_start)),
+            ))
+    for row in rows:
+        out.setdefault(row["queue"], dict.fromkeys(keys, 0)).update({k: row[k] for k in keys})
+    return out
+
+
+def pauses() -> dict[str, QueuePause]:
+    return {p.queue: p for p in QueuePause.objects.all()}
+
+
+# ---------------------------------------------------------------- Redis side
+
+
+def redis_state() -> dict:
+    """Queue depths, live clusters and the analytics buffer; {"error": ...} if Redis is away
+    (the ledger views still work without it)."""
+    from jobs import broker
+    from jobs.liveness import live_clusters
+    from nextevent.redis import get_redis
+
+    try:
+        depths = {q: broker.queue_depth(q) for q in QUEUES}
+        clusters = live_clusters()
+        analytics = int(get_redis().xlen(ANALYTICS_STREAM_KEY))  # 0 when the key is missing
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}", "depths": {}, "clusters": [], "analytics_buffer": None}
+    return {"error": None, "depths": depths, "clusters": clusters, "analytics_buffer": analytics}
+
+
+def cluster_rows(clusters: list[dict], now: datetime) -> list[dict]:
+    rows = []
+    for c in clusters:
+        rows.append({
+            "queue": c.get("queue", "?"), "host": c.get("host", "?"), "pid": c.get("pid"),
+            "workers_alive": c.get("workers_alive", 0), "workers_expected": c.get("expected_workers"),
+            "last_seen_s": round(max(now.timestamp() - float(c.get("at", 0)), 0.0), 1),
+        })
+    return sorted(rows, key=lambda r: (r["queue"], r["host"], r["pid"] or 0))
+
+
+# ---------------------------------------------------------------- overview
+
+
+def queue_overview(now: datetime | None = None, redis: dict | None = None) -> dict[str, dict]:
+    """Everything `jobs stats` and the dashboard show per queue."""
+    now = now or timezone.now()
+    redis = redis if redis is not None else redis_state()
+    counts = ledger_counts()
+    finished = finished_counts(now)
+    ages = oldest_pending(now)
+    paused = pauses()
+    out = {}
+    for q in QUEUES:
+        alive = [c for c in redis["clusters"] if c.get("queue") == q]
+        pause = paused.get(q)
+        out[q] = {
+            **counts[q],
+            **finished[q],
+            "oldest_pending_age_s": ages.get(q, 0.0),
+            "depth": redis["depths"].get(q),
+            "clusters": len(alive),
+            "workers_alive": sum(c.get("workers_alive", 0) for c in alive),
+            "paused": pause is not None,
+            "paused_by": pause.paused_by if pause else "",
+            "paused_at": pause.paused_at.isoformat() if pause else None,
+        }
+    return out
+
+
+def dispatcher_rows(now: datetime) -> list[dict]:
+    rows = Heartbeat.objects.filter(kind="dispatcher",
+                                    seen_at__gte=now - timedelta(seconds=DISPATCHER_SHOWN_SECONDS))
+    out = []
+    for hb in rows.order_by("name")[:100]:
+        age = max((now - hb.seen_at).total_seconds(), 0.0)
+        out.append({"name": hb.name.removeprefix("dispatcher:"), "last_seen_s": round(age, 1),
+                    "alive": age < DISPATCHER_ALIVE_SECONDS})
+    return out
+
+
+def health_heartbeat(now: datetime) -> dict | None:
+    """The 30-second health check's last result, with its age; None if it never ran."""
+    hb = Heartbeat.objects.filter(name="health").first()
+    if hb is None:
+        return None
+    details = hb.details or {}
+    return {"seen_at": hb.seen_at.isoformat(), "age_s": round(max((now - hb.seen_at).total_seconds(), 0.0), 1),
+            "ok": bool(details.get("ok")), "problems": list(details.get("problems") or [])}
+
+
+# ---------------------------------------------------------------- history
+
+
+@dataclass(frozen=True)
+class Bucket:
+    start: datetime
+    end: datetime
+    label: str
+    completed: int = 0
+    failed: int = 0
+
+    @property
+    def processed(self) -> int:
+        return self.completed + self.failed
+
+
+def _bounds(now: datetime) -> tuple[list[tuple[datetime, datetime, str]], list[tuple[datetime, datetime, str]]]:
+    local = timezone.localtime(now)
+    hour = local.replace(minute=0, second=0, microsecond=0)
+    hours = [(hour - timedelta(hours=i), hour - timedelta(hours=i - 1)) for i in range(23, -1, -1)]
+    day = local_day_start(now)
+    days = []
+    for i in range(6, -1, -1):
+        start = (day - timedelta(days=i)).replace(hour=0)
+        days.append((start, (start + timedelta(days=1)).replace(hour=0)))
+    return ([(s, e, s.strftime("%H:00")) for s, e in hours],
+            [(s, e, s.strftime("%a %d")) for s, e in days])
+
+
+def throughput(now: datetime | None = None) -> dict[str, list[Bucket]]:
+    """Completed and failed (dead) jobs per hour over the last 24 hours and per local day over
+    the last 7 days, in one query over the (state, finished_at) index."""
+    now = now or timezone.now()
+    hours, days = _bounds(now)
+    aggs = {}
+    for prefix, bounds in (("h", hours), ("d", days)):
+        for i, (start, end, _) in enumerate(bounds):
+            window = Q(finished_at__gte=start, finished_at__lt=end)
+            aggs[f"{prefix}{i}c"] = Count("pk", filter=window & Q(state=JobState.COMPLETED))
+            aggs[f"{prefix}{i}f"] = Count("pk", filter=window & Q(state=JobState.DEAD))
+    since = min(hours[0][0], days[0][0])
+    row = Job.objects.filter(state__in=FINISHED_COUNTED, finished_at__gte=since).aggregate(**aggs)
+    return {
+        "hourly": [Bucket(s, e, label, row[f"h{i}c"], row[f"h{i}f"]) for i, (s, e, label) in enumerate(hours)],
+        "daily": [Bucket(s, e, label, row[f"d{i}c"], row[f"d{i}f"]) for i, (s, e, label) in enumerate(days)],
+    }
+
+
+def percentile(sorted_values: list[float], p: float) -> float | None:
+    """Nearest-rank percentile of an ascending list."""
+    if not sorted_values:
+        return None
+    rank = max(int(-(-p * len(sorted_values) // 100)), 1)  # ceil(p/100 * n)
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def _summary(values: list[float]) -> dict:
+    values.sort()
+    return {"count": len(values), "p50": percentile(values, 50), "p90": percentile(values, 90),
+            "p99": percentile(values, 99), "max": values[-1] if values else None}
+
+
+def timing_percentiles(now: datetime | None = None, *, window: timedelta = LATENESS_WINDOW,
+                       sample: int = LATENESS_SAMPLE) -> dict[str, dict]:
+    """Lateness (started_at - run_at of the last attempt) and duration (finished_at -
+    started_at) in seconds, per queue and for "all", over the most recent `sample` jobs
+    finished within `window`."""
+    now = now or timezone.now()
+    rows = (Job.objects.filter(state__in=FINISHED_COUNTED, finished_at__gte=now - window, started_at__isnull=False)
+            .order_by("-finished_at").values_list("queue", "run_at", "started_at", "finished_at")[:sample])
+    lateness: dict[str, list[float]] = {"all": []}
+    duration: dict[str, list[float]] = {"all": []}
+    for queue, run_at, started_at, finished_at in rows:
+        late = (started_at - run_at).total_seconds()
+        took = (finished_at - started_at).total_seconds()
+        for key in ("all", queue):
+            lateness.setdefault(key, []).append(late)
+            duration.setdefault(key, []).append(took)
+    order = ["all", *QUEUES, *sorted(set(lateness) - {"all", *QUEUES})]
+    return {key: {"lateness": _summary(lateness.get(key, [])), "duration": _summary(duration.get(key, []))}
+            for key in order}
+
+
+# ---------------------------------------------------------------- jobs
+
+
+def recent_failures(limit: int = 20) -> list[Job]:
+    return list(Job.objects.filter(state=JobState.DEAD).order_by("-finished_at", "-pk")[:limit])
+
+
+def job_list(*, queue: str | None = None, state: str | None = None, job_type: str | None = None,
+             news_id: int | None = None, limit: int = 50) -> list[Job]:
+    qs = Job.objects.all()
+    if queue:
+        qs = qs.filter(queue=queue)
+    if state:
+        qs = qs.filter(state=state)
+    if job_type:
+        qs = qs.filter(job_type=job_type)
+    if news_id is not None:
+        qs = qs.filter(news_id=news_id)
+    return list(qs.order_by("-pk")[:limit])
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def first_line(text: str, width: int = 80) -> str:
+    return (text.strip().splitlines() or [""])[0][:width]
+
+
+def job_summary(job: Job) -> dict:
+    return {"id": job.pk, "job_type": job.job_type, "queue": job.queue, "state": job.state,
+            "attempts": job.attempts, "max_retries": job.max_retries, "run_at": _iso(job.run_at),
+            "started_at": _iso(job.started_at), "finished_at": _iso(job.finished_at), "news_id": job.news_id,
+            "last_error": first_line(job.last_error, 200)}
+
+
+def job_detail(job: Job) -> dict:
+    return {**job_summary(job), "payload": job.payload, "timeout": job.timeout,
+            "created_at": _iso(job.created_at), "dispatched_at": _iso(job.dispatched_at),
+            "lease_expires_at": _iso(job.lease_expires_at), "worker": job.worker, "unique_key": job.unique_key,
+            "live": job.live_key is not None, "result": job.result, "last_error": job.last_error,
+            "errors": list(job.errors or [])}
