@@ -14,8 +14,7 @@ from news.factories import NewsFactory
 from news.models import NewsStatus
 from news.services import news_publish
 from tests.conftest import wait_for
-from tests.wechat_fake import DEFAULT_THUMB, fake_wechat, publish_event_xml, wechat_env  # noqa: F401
-from tests.test_wechat_services import callback
+from tests.wechat_fake import DEFAULT_THUMB, callback, fake_wechat, publish_event_xml, wechat_env  # noqa: F401
 from wechat.models import ArticleState, WechatArticle
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.cluster]

@@ -14,7 +14,7 @@ from jobs.models import Job, JobState
 from jobs.types import WECHAT_DRAFT_CREATION, WECHAT_PUBLISHING
 from news.factories import NewsFactory
 from news.services import news_publish
-from tests.wechat_fake import DEFAULT_THUMB, fake_wechat, publish_event_xml  # noqa: F401  (fixture)
+from tests.wechat_fake import DEFAULT_THUMB, callback, fake_wechat, publish_event_xml  # noqa: F401  (fixture)
 from wechat.client import WechatTransientError
 from wechat.models import ArticleState, WechatArticle
 from wechat.services import (
@@ -24,7 +24,6 @@ from wechat.services import (
     wechat_resolve_unknown,
     wechat_retry,
 )
-from wechat.views import callback_signature
 
 pytestmark = pytest.mark.django_db
 
@@ -321,15 +320,6 @@ def test_retrying_a_failed_article_starts_over_with_a_new_draft(published, fake_
 # ---------------------------------------------------------------- the callback URL
 
 
-def callback(client, body: bytes = b"", *, token="callback-token", method="post", **query):
-    params = {"timestamp": "1700000000", "nonce": "n0nce", **query}
-    params["signature"] = callback_signature(token, params["timestamp"], params["nonce"])
-    url = "/wechat/callback?" + "&".join(f"{k}={v}" for k, v in params.items())
-    if method == "get":
-        return client.get(url)
-    return client.post(url, body, content_type="text/xml")
-
-
 def test_the_callback_answers_wechats_server_check(client, fake_wechat):
     response = callback(client, method="get", echostr="abc123")
 
@@ -375,3 +365,18 @@ def test_the_callback_acknowledges_other_messages_and_refuses_entities(client, f
     assert callback(client, text).content == b"success"
     bomb = b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa">]><xml>&a;</xml>'
     assert callback(client, bomb).status_code == 400
+
+
+def test_the_admin_lists_articles_and_retries_a_failed_one(admin_client, published, fake_wechat):
+    news = published(title="x" * 40)
+    with pytest.raises(PermanentError):
+        wechat_draft_create(news_id=news.pk)
+    article = WechatArticle.objects.get(news=news)
+    Job.objects.filter(news_id=news.pk).update(state=JobState.DEAD, live_key=None)
+
+    assert admin_client.get("/admin/wechat/wechatarticle/").status_code == 200
+    response = admin_client.post("/admin/wechat/wechatarticle/", {"action": "retry", "_selected_action": [article.pk]})
+
+    assert response.status_code == 302
+    assert WechatArticle.objects.get(pk=article.pk).state == ArticleState.PENDING
+    assert Job.objects.get(news_id=news.pk, job_type=WECHAT_DRAFT_CREATION, state=JobState.PENDING)

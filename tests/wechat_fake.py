@@ -185,6 +185,18 @@ def wechat_env(fake: FakeWechat, **extra) -> dict[str, str]:
             "WECHAT_CALLBACK_TOKEN": "callback-token", **{k: str(v) for k, v in extra.items()}}
 
 
+def callback(client, body: bytes = b"", *, token="callback-token", method="post", **query):
+    """Call /wechat/callback with the Django test client, signed as WeChat signs."""
+    from wechat.views import callback_signature
+
+    params = {"timestamp": "1700000000", "nonce": "n0nce", **query}
+    params["signature"] = callback_signature(token, params["timestamp"], params["nonce"])
+    url = "/wechat/callback?" + "&".join(f"{k}={v}" for k, v in params.items())
+    if method == "get":
+        return client.get(url)
+    return client.post(url, body, content_type="text/xml")
+
+
 def publish_event_xml(publish_id, status: int = 0, article_id: str = "", url: str = "") -> bytes:
     items = f"<item><idx>1</idx><article_url><![CDATA[{url}]]></article_url></item>" if url else ""
     fail = "<fail_idx>1</fail_idx>" if status not in (0, 1) else ""

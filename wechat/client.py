@@ -174,8 +174,7 @@ class WechatClient:
 
     # ------------------------------------------------------------ transport
 
-    def _request(self, api: str, *, token: str | None, json_body=None, files=None, params=None,
-                 method: str = "POST") -> dict:
+    def _request(self, api: str, *, token: str | None, json_body=None, files=None, params=None) -> dict:
         query = dict(params or {})
         if token is not None:
             query["access_token"] = token
@@ -188,8 +187,8 @@ class WechatClient:
         if files:
             multipart = {name: (f.filename, f.data, f.content_type) for name, f in files.items()}
         try:
-            response = self.session.request(method, self.base_url + api, params=query, data=body,
-                                            files=multipart, headers=headers, timeout=self.timeout)
+            response = self.session.post(self.base_url + api, params=query, data=body, files=multipart,
+                                         headers=headers, timeout=self.timeout)
         except requests.RequestException as exc:
             kind = WechatOutcomeUnknown if _sent(exc) else WechatTransientError
             raise kind(f"{api}: {type(exc).__name__}: {redact(str(exc))}", api=api) from None
