@@ -73,8 +73,8 @@ class TopNewsTodayAdmin(_ReadOnly):
 class AppliedBatchAdmin(_ReadOnly):
     list_display = ("id", "applied_at", "reason", "events", "counted", "dropped_unknown_news", "dropped_invalid",
                     "took_ms", "consumer")
+    # No date_hierarchy: on a DateTimeField it needs MariaDB's time zone tables.
     list_filter = ("reason",)
-    date_hierarchy = "applied_at"
     show_full_result_count = False
     exclude = ("entry_keys",)
 
