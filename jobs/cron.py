@@ -58,10 +58,13 @@ def sync_periodic_table(*, reset: bool = False) -> list[str]:
     are put back to the code's. With reset=True the timing is put back too.
     Returns what changed, for the log."""
     changes = []
+    # One syncing process at a time: several qclusters may start together. The lock row is
+    # created in a transaction of its own: creating it inside the locking one deadlocked
+    # when they did so on a new database (each waiter holds a shared lock on the duplicate
+    # key, then asks for an exclusive one).
+    Heartbeat.objects.get_or_create(name="lock:periodic-sync",
+                                    defaults={"kind": "lock", "seen_at": timezone.now()})
     with transaction.atomic():
-        # One syncing process at a time: several qclusters may start together.
-        Heartbeat.objects.get_or_create(name="lock:periodic-sync",
-                                        defaults={"kind": "lock", "seen_at": timezone.now()})
         Heartbeat.objects.select_for_update().get(name="lock:periodic-sync")
         for entry in PERIODIC_TABLE:
             rows = list(Schedule.objects.filter(name=entry.name).order_by("pk"))
