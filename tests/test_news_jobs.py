@@ -250,6 +250,23 @@ def test_the_publishing_job_publishes_a_due_item():
     assert Job.objects.filter(live_key__isnull=False).count() == 0
 
 
+@pytest.mark.django_db
+def test_the_publish_hooks_run_once_for_a_scheduled_publish_and_never_for_a_stale_job(monkeypatch):
+    # The WeChat app registers here to create its `wechat:draft_creation` job.
+    import news.services
+
+    seen = []
+    monkeypatch.setattr(news.services, "_publish_hooks", [*news.services._publish_hooks, seen.append])
+    news = ScheduledNewsFactory(scheduled_at=earlier(seconds=1))
+    job = live_job(news.pk, PUBLISH)
+    duplicate = Job.objects.create(job_type=PUBLISH, queue="news", payload=job.payload, state=JobState.SCHEDULED,
+                                   timeout=60, run_at=timezone.now(), news_id=news.pk)
+
+    assert run_now(job).result == "published"
+    assert run_now(duplicate).result == "news item is published, not scheduled"
+    assert seen == [news.pk]
+
+
 def _stale(news: News, make_stale) -> tuple[Job, News]:
     job = live_job(news.pk, PUBLISH)
     make_stale(news)
