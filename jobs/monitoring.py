@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db.models import Count, Min, Q
 from django.utils import timezone
 
@@ -28,6 +29,7 @@ DISPATCHER_SHOWN_SECONDS = 3600  # older rows are processes long gone
 LATENESS_WINDOW = timedelta(hours=24)
 LATENESS_SAMPLE = 5000  # the most recent finished jobs in the window
 ANALYTICS_STREAM_KEY = "nextevent:analytics:events"
+PROBE_TIMEOUT = 1.0  # seconds a readiness probe or a scrape waits for Redis
 
 
 def local_day_start(now: datetime) -> datetime:
@@ -84,6 +86,23 @@ def pauses() -> dict[str, QueuePause]:
 # ---------------------------------------------------------------- Redis side
 
 
+def redis_probe(timeout: float = PROBE_TIMEOUT) -> None:
+    """PING Redis once, raising within about `timeout` seconds if it does not answer. The
+    shared client (nextevent.redis.get_redis) retries ten times with backoff, about 3 s on a
+    refused connection and far longer on a silent host: too slow for a probe or a scrape.
+    Same connection settings (settings.REDIS), one attempt, closed at once."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    client = redis.Redis(**{**settings.REDIS, "socket_connect_timeout": timeout, "socket_timeout": timeout,
+                            "retry": Retry(NoBackoff(), 0)})
+    try:
+        client.ping()
+    finally:
+        client.close()
+
+
 def redis_state() -> dict:
     """Queue depths, live clusters and the analytics buffer; {"error": ...} if Redis is away
     (the ledger views still work without it)."""
@@ -92,6 +111,7 @@ def redis_state() -> dict:
     from nextevent.redis import get_redis
 
     try:
+        redis_probe()  # fail fast instead of through the shared client's retries
         depths = {q: broker.queue_depth(q) for q in QUEUES}
         clusters = live_clusters()
         analytics = int(get_redis().xlen(ANALYTICS_STREAM_KEY))  # 0 when the key is missing

@@ -67,8 +67,6 @@ def healthz(request):
 
 def readiness(now=None) -> tuple[bool, dict[str, dict]]:
     """MySQL and Redis answer, the health check ran recently, dead jobs are few enough."""
-    from nextevent.redis import get_redis
-
     now = now or timezone.now()
     checks: dict[str, dict] = {}
     try:
@@ -78,7 +76,7 @@ def readiness(now=None) -> tuple[bool, dict[str, dict]]:
     except Exception as exc:
         checks["database"] = {"ok": False, "error": _error(exc)}
     try:
-        get_redis().ping()
+        monitoring.redis_probe()
         checks["redis"] = {"ok": True}
     except Exception as exc:
         checks["redis"] = {"ok": False, "error": _error(exc)}

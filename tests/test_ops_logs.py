@@ -1,0 +1,75 @@
+"""One structured log line per job event, as a log pipeline reads it: with LOG_FORMAT=json
+each line is a JSON object carrying job id, type, queue, attempt, news id and duration;
+with the plain format (DEBUG) the same facts read as key=value text."""
+
+import json
+import logging
+
+import pytest
+
+from jobs import scheduler, types
+from jobs.models import Job, JobState
+from jobs.worker import run_job
+from nextevent.logs import JsonFormatter
+
+pytestmark = pytest.mark.django_db
+
+KEYS = {"ts", "level", "logger", "msg", "event", "job_id", "job_type", "queue", "attempt", "news_id"}
+
+
+def json_lines(caplog, job_id):
+    formatter = JsonFormatter()
+    lines = [json.loads(formatter.format(r)) for r in caplog.records if r.name == "jobs.events"]
+    return [line for line in lines if line["job_id"] == job_id]
+
+
+def run_again(job_id):
+    """What the dispatcher does when a retry is due: the row back to pending, then a wake-up."""
+    Job.objects.filter(pk=job_id, state=JobState.RETRY).update(state=JobState.PENDING)
+    return run_job(job_id)
+
+
+def test_a_job_that_fails_once_then_completes_logs_every_event_as_a_json_line(caplog):
+    caplog.set_level(logging.INFO, logger="jobs.events")
+    job_id = scheduler.enqueue(types.SYSTEM_NOOP, {"fail_times": 1})
+    assert run_job(job_id) == "failed"
+    assert run_again(job_id) == "completed"
+
+    lines = json_lines(caplog, job_id)
+    assert [line["event"] for line in lines] == ["enqueued", "started", "retried", "started", "completed"]
+    for line in lines:
+        assert KEYS <= set(line), line
+        assert line["job_type"] == "system:noop" and line["queue"] == "default" and line["news_id"] is None
+        assert line["logger"] == "jobs.events"
+    enqueued, started, retried, started_again, completed = lines
+    assert [started["attempt"], retried["attempt"], started_again["attempt"], completed["attempt"]] == [1, 1, 2, 2]
+    assert retried["level"] == "warning" and retried["error"].startswith("RuntimeError: demo failure")
+    assert isinstance(retried["duration_ms"], int) and retried["duration_ms"] >= 0
+    assert isinstance(completed["duration_ms"], int) and completed["duration_ms"] >= 0
+    assert isinstance(started["lateness_ms"], int)
+
+
+def test_a_dead_job_logs_an_error_line_with_its_news_id_and_duration(caplog):
+    from news.factories import NewsFactory
+
+    caplog.set_level(logging.INFO, logger="jobs.events")
+    news = NewsFactory()
+    job_id = scheduler.enqueue(types.SYSTEM_NOOP, {"fail_times": 1, "permanent": True})
+    Job.objects.filter(pk=job_id).update(news_id=news.pk)
+    assert run_job(job_id) == "dead"
+
+    dead = [line for line in json_lines(caplog, job_id) if line["event"] == "dead"]
+    assert len(dead) == 1
+    assert dead[0]["level"] == "error" and dead[0]["news_id"] == news.pk and dead[0]["attempt"] == 1
+    assert dead[0]["permanent"] is True and isinstance(dead[0]["duration_ms"], int)
+
+
+def test_the_plain_format_reads_as_key_value_text(caplog):
+    caplog.set_level(logging.INFO, logger="jobs.events")
+    job_id = scheduler.enqueue(types.SYSTEM_NOOP, {})
+    run_job(job_id)
+    plain = logging.Formatter("%(levelname)s %(name)s %(message)s")
+    text = [plain.format(r) for r in caplog.records if r.name == "jobs.events"]
+    completed = [t for t in text if t.startswith("INFO jobs.events job completed")]
+    assert len(completed) == 1
+    assert f"job_id={job_id} job_type=system:noop queue=default attempt=1 duration_ms=" in completed[0]
