@@ -138,9 +138,11 @@ def test_entries_that_are_not_valid_events_are_dropped_and_acknowledged():
     client.xadd(STREAM_KEY, {"junk": "1"})
     client.xadd(STREAM_KEY, {"n": "abc", "t": "view"})
     client.xadd(STREAM_KEY, {"n": news.pk, "t": "click"})
+    client.xadd(STREAM_KEY, {"n": news.pk, "t": "view", "m": "not json"})
+    client.xadd(STREAM_KEY, {"n": news.pk, "t": "view", "u": "x" * 65})
     record_event(news_id=news.pk, event_type="share")
     summary = analytics_process_batch(reason="test")
-    assert "1 counted" in summary and "3 dropped (invalid)" in summary
+    assert "1 counted" in summary and "5 dropped (invalid)" in summary
     assert buffer_empty()
     assert News.objects.get(pk=news.pk).share_count == 1
 
@@ -307,3 +309,18 @@ def test_deleting_a_news_item_deletes_its_counters():
     analytics_process_batch(reason="test")
     news.delete()
     assert not DailyStat.objects.exists() and not DailyUser.objects.exists()
+
+
+def test_user_ids_and_metadata_are_stored_exactly_whatever_they_contain():
+    news = NewsFactory()
+    tricky_user = "o'brien\\\"); DROP TABLE news_news; --"
+    metadata = {"q": "it's \"quoted\" \\ back\nslash", "emoji": "\U0001f600", "zh": "新闻", "n": [1, None, True]}
+    record_events([{"news_id": news.pk, "event_type": "view", "user_id": tricky_user, "metadata": metadata},
+                   {"news_id": news.pk, "event_type": "view", "user_id": "\U0001f600" * 64},
+                   {"news_id": news.pk, "event_type": "view", "user_id": "Ann"},
+                   {"news_id": news.pk, "event_type": "view", "user_id": "ann"}])
+    analytics_process_batch(reason="test")
+    first = RawEvent.objects.order_by("id").first()
+    assert (first.user_id, first.metadata) == (tricky_user, metadata)
+    assert {u for _, _, u in actual_users()} == {tricky_user, "\U0001f600" * 64, "Ann", "ann"}
+    assert News.objects.get(pk=news.pk).view_count == 4
