@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 
 from django.conf import settings
-from django.db.models import Count, Min, Q
+from django.db.models import Count, DateTimeField, F, Func, IntegerField, Min, Q, Value
 from django.utils import timezone
 
 from jobs.models import Heartbeat, Job, JobState, QueuePause
@@ -62,21 +63,16 @@ def oldest_pending(now: datetime) -> dict[str, float]:
 
 def finished_counts(now: datetime) -> dict[str, dict[str, int]]:
     """Per queue: completed and failed (dead) jobs finished in the last hour and today
-    (since local midnight)."""
+    (since local midnight). Conditional counts rather than GROUP BY queue: grouping makes
+    MariaDB walk the whole (queue, state, ...) index instead of the finished_at range."""
     hour_ago = now - timedelta(hours=1)
     day_start = local_day_start(now)
-    keys = ("completed_1h", "failed_1h", "completed_today", "failed_today")
-    out = {q: dict.fromkeys(keys, 0) for q in QUEUES}
-    rows = (Job.objects.filter(state__in=FINISHED_COUNTED, finished_at__gte=min(hour_ago, day_start))
-            .values("queue").order_by().annotate(
-                completed_1h=Count("pk", filter=Q(state=JobState.COMPLETED, finished_at__gte=hour_ago)),
-                failed_1h=Count("pk", filter=Q(state=JobState.DEAD, finished_at__gte=hour_ago)),
-                completed_today=Count("pk", filter=Q(state=JobState.COMPLETED, finished_at__gte=day_start)),
-                failed_today=Count("pk", filter=Q(state=JobState.DEAD, finished_at__gte=day_start)),
-            ))
-    for row in rows:
-        out.setdefault(row["queue"], dict.fromkeys(keys, 0)).update({k: row[k] for k in keys})
-    return out
+    windows = {"completed_1h": (JobState.COMPLETED, hour_ago), "failed_1h": (JobState.DEAD, hour_ago),
+               "completed_today": (JobState.COMPLETED, day_start), "failed_today": (JobState.DEAD, day_start)}
+    aggs = {f"{queue}|{key}": Count("pk", filter=Q(queue=queue, state=state, finished_at__gte=since))
+            for queue in QUEUES for key, (state, since) in windows.items()}
+    row = Job.objects.filter(state__in=FINISHED_COUNTED, finished_at__gte=min(hour_ago, day_start)).aggregate(**aggs)
+    return {queue: {key: row[f"{queue}|{key}"] for key in windows} for queue in QUEUES}
 
 
 def pauses() -> dict[str, QueuePause]:
@@ -197,36 +193,59 @@ class Bucket:
         return self.completed + self.failed
 
 
-def _bounds(now: datetime) -> tuple[list[tuple[datetime, datetime, str]], list[tuple[datetime, datetime, str]]]:
-    local = timezone.localtime(now)
-    hour = local.replace(minute=0, second=0, microsecond=0)
-    hours = [(hour - timedelta(hours=i), hour - timedelta(hours=i - 1)) for i in range(23, -1, -1)]
-    day = local_day_start(now)
-    days = []
-    for i in range(6, -1, -1):
-        start = (day - timedelta(days=i)).replace(hour=0)
-        days.append((start, (start + timedelta(days=1)).replace(hour=0)))
-    return ([(s, e, s.strftime("%H:00")) for s, e in hours],
-            [(s, e, s.strftime("%a %d")) for s, e in days])
+class HoursSince(Func):
+    """Whole hours from `origin` (a fixed moment) to a datetime column, computed in SQL so
+    that history can be grouped by hour without the database's time zone tables."""
+
+    output_field = IntegerField()
+
+    def __init__(self, origin: datetime, expression):
+        super().__init__(Value(origin, output_field=DateTimeField()), expression)
+
+    def as_mysql(self, compiler, connection, **extra):
+        return self.as_sql(compiler, connection, template="TIMESTAMPDIFF(HOUR, %(expressions)s)", **extra)
+
+    def as_sqlite(self, compiler, connection, **extra):
+        # julianday(origin) - julianday(value) is minus the days elapsed.
+        return self.as_sql(compiler, connection, arg_joiner=") - julianday(",
+                           template="CAST((julianday(%(expressions)s)) * -24 AS INTEGER)", **extra)
 
 
 def throughput(now: datetime | None = None) -> dict[str, list[Bucket]]:
     """Completed and failed (dead) jobs per hour over the last 24 hours and per local day over
-    the last 7 days, in one query over the (state, finished_at) index."""
+    the last 7 days: one GROUP BY over the (state, finished_at) index, by hours since local
+    midnight six days ago; the hours are then added up into local days here (so a day with
+    a daylight-saving change has its 23 or 25 hours)."""
     now = now or timezone.now()
-    hours, days = _bounds(now)
-    aggs = {}
-    for prefix, bounds in (("h", hours), ("d", days)):
-        for i, (start, end, _) in enumerate(bounds):
-            window = Q(finished_at__gte=start, finished_at__lt=end)
-            aggs[f"{prefix}{i}c"] = Count("pk", filter=window & Q(state=JobState.COMPLETED))
-            aggs[f"{prefix}{i}f"] = Count("pk", filter=window & Q(state=JobState.DEAD))
-    since = min(hours[0][0], days[0][0])
-    row = Job.objects.filter(state__in=FINISHED_COUNTED, finished_at__gte=since).aggregate(**aggs)
-    return {
-        "hourly": [Bucket(s, e, label, row[f"h{i}c"], row[f"h{i}f"]) for i, (s, e, label) in enumerate(hours)],
-        "daily": [Bucket(s, e, label, row[f"d{i}c"], row[f"d{i}f"]) for i, (s, e, label) in enumerate(days)],
-    }
+    # Local midnight six days ago, then UTC: aware arithmetic below must be absolute hours,
+    # not wall-clock ones (they differ across a daylight-saving change).
+    origin = (local_day_start(now) - timedelta(days=6)).astimezone(dt_timezone.utc)
+    counts: dict[tuple[int, str], int] = {}
+    rows = (Job.objects.filter(state__in=FINISHED_COUNTED, finished_at__gte=origin, finished_at__lte=now)
+            .annotate(hour=HoursSince(origin, F("finished_at"))).values("hour", "state").order_by()
+            .annotate(n=Count("pk")))
+    for row in rows:
+        counts[(row["hour"], row["state"])] = row["n"]
+
+    def hour_start(index: int) -> datetime:
+        return timezone.localtime(origin + timedelta(hours=index))
+
+    last = int((now - origin).total_seconds() // 3600)
+    hourly = []
+    for index in range(last - 23, last + 1):
+        start = hour_start(index)
+        hourly.append(Bucket(start, start + timedelta(hours=1), start.strftime("%H:00"),
+                             counts.get((index, JobState.COMPLETED), 0), counts.get((index, JobState.DEAD), 0)))
+    days: dict = {}
+    for index in range(0, last + 1):
+        day = hour_start(index).date()
+        done, failed = days.get(day, (0, 0))
+        days[day] = (done + counts.get((index, JobState.COMPLETED), 0), failed + counts.get((index, JobState.DEAD), 0))
+    daily = []
+    for day, (done, failed) in sorted(days.items())[-7:]:
+        start = timezone.make_aware(datetime.combine(day, datetime.min.time()))
+        daily.append(Bucket(start, start + timedelta(days=1), start.strftime("%a %d"), done, failed))
+    return {"hourly": hourly, "daily": daily}
 
 
 def percentile(sorted_values: list[float], p: float) -> float | None:
@@ -249,8 +268,14 @@ def timing_percentiles(now: datetime | None = None, *, window: timedelta = LATEN
     started_at) in seconds, per queue and for "all", over the most recent `sample` jobs
     finished within `window`."""
     now = now or timezone.now()
-    rows = (Job.objects.filter(state__in=FINISHED_COUNTED, finished_at__gte=now - window, started_at__isnull=False)
-            .order_by("-finished_at").values_list("queue", "run_at", "started_at", "finished_at")[:sample])
+    rows = []
+    for state in FINISHED_COUNTED:
+        # One state at a time: each is a backward walk of the (state, finished_at) index that
+        # stops at the LIMIT; both states in one query would sort the whole window.
+        rows += (Job.objects.filter(state=state, finished_at__gte=now - window, started_at__isnull=False)
+                 .order_by("-finished_at").values_list("queue", "run_at", "started_at", "finished_at")
+                 [:sample])
+    rows = sorted(rows, key=lambda r: r[3], reverse=True)[:sample]
     lateness: dict[str, list[float]] = {"all": []}
     duration: dict[str, list[float]] = {"all": []}
     for queue, run_at, started_at, finished_at in rows:
