@@ -257,7 +257,10 @@ def apply_chunk(entries: list[Entry], *, fresh_read: bool, reason: str, consumer
         valid = [e for e in fresh if e.news_id is not None]
         tally.dropped_invalid = len(fresh) - len(valid)
         wanted = {e.news_id for e in valid}
-        existing = set(News.objects.filter(pk__in=wanted).values_list("pk", flat=True)) if wanted else set()
+        # Locked (in id order, as the totals UPDATE will): an item cannot be deleted between
+        # this check and the counters' insert, which would fail the chunk on its foreign key.
+        existing = set(News.objects.select_for_update().filter(pk__in=wanted).order_by("pk")
+                       .values_list("pk", flat=True)) if wanted else set()
         counted = [e for e in valid if e.news_id in existing]
         tally.counted = len(counted)
         tally.dropped_unknown_news = len(valid) - len(counted)
