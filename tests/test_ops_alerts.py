@@ -186,3 +186,21 @@ def test_several_processes_checking_at_once_post_a_condition_once(receiver):
     assert len(alert_lines) == 1
     assert alert_lines[0]["level"] == "error" and alert_lines[0]["key"] == "dead_jobs:default"
     assert all(SECRET_PATH not in err and SECRET_QUERY not in err for _, err in outputs)
+
+
+@pytest.mark.cluster
+@pytest.mark.django_db(transaction=True)
+def test_the_health_check_run_by_a_worker_posts_the_alert(receiver, start_cluster):
+    from django.utils import timezone
+
+    from jobs import scheduler, types
+    from tests.conftest import wait_for
+
+    make_job(state=JobState.DEAD, queue="news", job_type="news:expiration")
+    start_cluster(queues=["critical"], env={"ALERT_WEBHOOK_URL": receiver.url})
+    # The slot the dispatcher fires every 30 s, fired now.
+    scheduler.enqueue(types.SYSTEM_PERIODIC, {"schedule_id": 0, "name": "health_check",
+                                              "func": "jobs.cron.health_check", "slot": timezone.now()})
+    wait_for(lambda: receiver.posts, 30, message="the worker's health check to post the alert")
+    assert [p["body"]["key"] for p in receiver.posts] == ["dead_jobs:news"]
+    assert Heartbeat.objects.get(name="health").details["queues"]["news"]["dead"] == 1
