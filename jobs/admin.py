@@ -17,7 +17,6 @@ class JobAdmin(admin.ModelAdmin):
                     "finished_at", "news_id", "short_error")
     list_filter = ("state", "queue", "job_type")
     search_fields = ("=id", "=news_id", "unique_key")
-    date_hierarchy = "created_at"
     actions = ["retry_now", "cancel", "delete_jobs"]
     list_per_page = 50
     show_full_result_count = False  # COUNT(*) over a large ledger on every page view

@@ -11,7 +11,6 @@ class NewsAdmin(admin.ModelAdmin):
     search_fields = ("title", "author", "=id")
     readonly_fields = ("published_at", "archived_at", "created_at", "updated_at", "view_count", "share_count",
                        "like_count", "analytics_by_day")
-    date_hierarchy = "created_at"
 
     @admin.display(description="analytics by day")
     def analytics_by_day(self, obj):
