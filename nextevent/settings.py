@@ -171,14 +171,16 @@ LOGGING = {
 # WeChat jobs fail permanently with a message naming the variable (news publishing goes on).
 WECHAT_APP_ID = env.str("WECHAT_APP_ID", "")
 WECHAT_APP_SECRET = env.str("WECHAT_APP_SECRET", "")
-WECHAT_API_BASE = env.str("WECHAT_API_BASE", "https://api.weixin.qq.com/cgi-bin/")
+# The host root: the client appends /cgi-bin/<api>. The fake: http://127.0.0.1:8765
+WECHAT_API_BASE_URL = env.str("WECHAT_API_BASE_URL", "https://api.weixin.qq.com")
 WECHAT_CONNECT_TIMEOUT = env.float("WECHAT_CONNECT_TIMEOUT", 5, min_value=0.1)
 WECHAT_READ_TIMEOUT = env.float("WECHAT_READ_TIMEOUT", 30, min_value=0.1)
-# Token for the callback URL's signature (the "Token" of the account's server settings).
-WECHAT_CALLBACK_TOKEN = env.str("WECHAT_CALLBACK_TOKEN", "")
+# The "Token" of the account's server settings: signs the callback URL's requests.
+WECHAT_TOKEN = env.str("WECHAT_TOKEN", "")
 # Off: stop at the draft (unverified subscription accounts cannot use freepublish: 48001).
 WECHAT_AUTO_PUBLISH = env.bool("WECHAT_AUTO_PUBLISH", True)
-# Permanent media id used as the cover when a news item has no cover image.
+# Permanent media id used as the cover when a news item has none; unset, the cover shipped in
+# wechat/assets/default-thumb.jpg is uploaded once and its media_id remembered.
 WECHAT_DEFAULT_THUMB_MEDIA_ID = env.str("WECHAT_DEFAULT_THUMB_MEDIA_ID", "")
 # Sources disagree on the limits (docs: title 32 chars, author 16, digest 128); checked before
 # any upload so a refused draft wastes no quota.
@@ -186,12 +188,26 @@ WECHAT_TITLE_MAX_CHARS = env.int("WECHAT_TITLE_MAX_CHARS", 32, min_value=1)
 WECHAT_AUTHOR_MAX_CHARS = env.int("WECHAT_AUTHOR_MAX_CHARS", 16, min_value=1)
 WECHAT_DIGEST_MAX_CHARS = env.int("WECHAT_DIGEST_MAX_CHARS", 128, min_value=1)
 WECHAT_CONTENT_MAX_CHARS = env.int("WECHAT_CONTENT_MAX_CHARS", 20000, min_value=1)
-WECHAT_IMAGE_MAX_BYTES = env.int("WECHAT_IMAGE_MAX_BYTES", 1024 * 1024, min_value=1024)
+# Images in an item's content are downloaded and re-uploaded to WeChat: only over http(s), at
+# most this size, only from these hosts (empty: any; ".example.com" takes its subdomains), and
+# never from private, loopback or link-local addresses unless allowed (the tests' fake is on
+# 127.0.0.1).
+WECHAT_IMAGE_MAX_BYTES = env.int("WECHAT_IMAGE_MAX_BYTES", 1_000_000, min_value=1024)
+WECHAT_IMAGE_HOSTS = env.list("WECHAT_IMAGE_HOSTS", [])
+WECHAT_IMAGE_ALLOW_PRIVATE = env.bool("WECHAT_IMAGE_ALLOW_PRIVATE", False)
 # freepublish/get costs one of 100 calls a day: the PUBLISHJOBFINISH push is the main path,
 # polling (doubling from FIRST up to MAX_INTERVAL, at most MAX_POLLS times) the fallback.
 WECHAT_POLL_FIRST = env.float("WECHAT_POLL_FIRST", 60, min_value=0.1)
 WECHAT_POLL_MAX_INTERVAL = env.float("WECHAT_POLL_MAX_INTERVAL", 1800, min_value=0.1)
 WECHAT_MAX_POLLS = env.int("WECHAT_MAX_POLLS", 12, min_value=1)
+# After a draft/add or freepublish/submit that got no answer, the draft box / publish records
+# are searched, newest first, this many pages of 20 before concluding "not there".
+WECHAT_SEARCH_PAGES = env.int("WECHAT_SEARCH_PAGES", 3, min_value=1, max_value=50)
+# A submit with no answer is looked for in freepublish/batchget only this long after it was
+# sent (longer than WECHAT_READ_TIMEOUT, so the call itself is over), then again with doubling
+# waits while WeChat still holds the draft, at most MAX_CHECKS times before asking a person.
+WECHAT_RECONCILE_DELAY = env.float("WECHAT_RECONCILE_DELAY", 60, min_value=0.1)
+WECHAT_RECONCILE_MAX_CHECKS = env.int("WECHAT_RECONCILE_MAX_CHECKS", 6, min_value=1)
 # Waits for WeChat's rate limits (45011, 53501) do not spend retries; this bounds them.
 WECHAT_RATE_LIMIT_WAIT = env.float("WECHAT_RATE_LIMIT_WAIT", 60, min_value=0.1)
 WECHAT_MAX_RATE_LIMIT_WAITS = env.int("WECHAT_MAX_RATE_LIMIT_WAITS", 10, min_value=1)

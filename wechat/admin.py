@@ -1,16 +1,20 @@
 from django.contrib import admin, messages
 
-from wechat.models import ArticleState, WechatArticle
+from news.admin import NewsAdmin
+from wechat.models import ArticleState, WechatArticle, WechatImage
 from wechat.services import wechat_resolve_unknown, wechat_retry
+
+ARTICLE_FIELDS = ("state", "draft_media_id", "publish_id", "article_id", "article_url", "publish_status", "polls",
+                  "reconcile_checks", "last_error", "drafted_at", "submitted_at", "published_at")
 
 
 @admin.register(WechatArticle)
 class WechatArticleAdmin(admin.ModelAdmin):
     list_display = ("id", "news", "state", "draft_media_id", "publish_id", "article_url", "polls", "updated_at")
     list_filter = ("state",)
-    search_fields = ("=news__id", "news__title", "=publish_id", "=draft_media_id")
+    search_fields = ("=news__id", "news__title", "=publish_id", "=draft_media_id", "=article_id")
     list_select_related = ("news",)
-    actions = ["retry", "resolve_published", "resolve_not_published"]
+    actions = ["retry", "resolve_published", "resolve_not_published", "resolve_check_again"]
 
     def get_readonly_fields(self, request, obj=None):
         # State moves only through the services; editing it by hand would skip their checks.
@@ -32,9 +36,45 @@ class WechatArticleAdmin(admin.ModelAdmin):
     def resolve_not_published(self, request, queryset):
         self._resolve(request, queryset, published=False)
 
+    @admin.action(description="Unknown submit outcome: search WeChat's publish records again")
+    def resolve_check_again(self, request, queryset):
+        self._resolve(request, queryset, published=None)
+
     def _resolve(self, request, queryset, *, published):
         done = [a.news_id for a in queryset if wechat_resolve_unknown(news_id=a.news_id, published=published)]
         skipped = queryset.exclude(news_id__in=done).count()
         self.message_user(request, f"{len(done)} resolved" + (
             f"; {skipped} skipped (not in state {ArticleState.UNKNOWN})" if skipped else ""),
             messages.WARNING if skipped else messages.SUCCESS)
+
+
+@admin.register(WechatImage)
+class WechatImageAdmin(admin.ModelAdmin):
+    list_display = ("id", "kind", "sha256", "media_id", "url", "size", "created_at")
+    list_filter = ("kind",)
+    search_fields = ("=sha256", "=media_id")
+
+    def get_readonly_fields(self, request, obj=None):
+        return [f.name for f in self.model._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+
+class WechatArticleInline(admin.StackedInline):
+    """The item's WeChat life on its News page (read-only; the actions are on the WeChat page)."""
+
+    model = WechatArticle
+    fields = readonly_fields = ARTICLE_FIELDS
+    can_delete = False
+    extra = 0
+    verbose_name = verbose_name_plural = "WeChat"
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+# The news app does not know about WeChat (it calls it through a publish hook), so the inline
+# is added to its admin from here.
+if WechatArticleInline not in NewsAdmin.inlines:
+    NewsAdmin.inlines = [*NewsAdmin.inlines, WechatArticleInline]

@@ -23,6 +23,8 @@ from nextevent.redis import get_redis
 logger = logging.getLogger(__name__)
 
 TOKEN_REFRESH_MARGIN = 300  # seconds: refresh when less than this remains
+API_PATH = "/cgi-bin/"
+PAGE_SIZE = 20  # draft/batchget and freepublish/batchget take 1..20
 TOKEN_LOCK_SECONDS = 10
 TOKEN_LOCK_WAIT = 5.0
 
@@ -114,16 +116,20 @@ class WechatClient:
                  timeout: tuple[float, float] = (5.0, 30.0), session: requests.Session | None = None):
         if not app_id or not app_secret:
             raise WechatConfigError("WECHAT_APP_ID and WECHAT_APP_SECRET must be set")
+        root = base_url.rstrip("/")
+        if root.endswith("/cgi-bin"):
+            raise WechatConfigError(f"WECHAT_API_BASE_URL is the host root (https://api.weixin.qq.com), "
+                                    f"without /cgi-bin: got {base_url!r}")
         self.app_id = app_id
         self._secret = app_secret
-        self.base_url = base_url.rstrip("/") + "/"
+        self.base_url = root + API_PATH
         self.timeout = timeout
         self.session = session or requests.Session()
 
     @classmethod
     def from_settings(cls) -> WechatClient:
         return cls(app_id=settings.WECHAT_APP_ID, app_secret=settings.WECHAT_APP_SECRET,
-                   base_url=settings.WECHAT_API_BASE,
+                   base_url=settings.WECHAT_API_BASE_URL,
                    timeout=(settings.WECHAT_CONNECT_TIMEOUT, settings.WECHAT_READ_TIMEOUT))
 
     def __repr__(self):
@@ -163,7 +169,13 @@ class WechatClient:
         token, expires_in = data.get("access_token"), data.get("expires_in")
         if not token or not isinstance(expires_in, int):
             raise WechatTransientError("stable_token: response has no access_token/expires_in", api="stable_token")
-        ttl = max(expires_in - TOKEN_REFRESH_MARGIN, 1)
+        # Normal mode returns the current token with what is left of its life: dropped from the
+        # cache 5 minutes early, fetched again then, kept to just before its end (not refetched
+        # every second of those 5 minutes), and replaced by WeChat once it has expired.
+        if expires_in > 2 * TOKEN_REFRESH_MARGIN:
+            ttl = expires_in - TOKEN_REFRESH_MARGIN
+        else:
+            ttl = max(expires_in - 10, 1)
         get_redis().set(self._token_key, token, ex=ttl)
         logger.info("wechat: fetched access token for app %s (expires in %s s)", self.app_id, expires_in)
         return token
@@ -174,7 +186,8 @@ class WechatClient:
 
     # ------------------------------------------------------------ transport
 
-    def _request(self, api: str, *, token: str | None, json_body=None, files=None, params=None) -> dict:
+    def _request(self, api: str, *, token: str | None, method: str = "POST", json_body=None, files=None,
+                 params=None) -> dict:
         query = dict(params or {})
         if token is not None:
             query["access_token"] = token
@@ -187,8 +200,8 @@ class WechatClient:
         if files:
             multipart = {name: (f.filename, f.data, f.content_type) for name, f in files.items()}
         try:
-            response = self.session.post(self.base_url + api, params=query, data=body, files=multipart,
-                                         headers=headers, timeout=self.timeout)
+            response = self.session.request(method, self.base_url + api, params=query, data=body, files=multipart,
+                                            headers=headers, timeout=self.timeout)
         except requests.RequestException as exc:
             kind = WechatOutcomeUnknown if _sent(exc) else WechatTransientError
             raise kind(f"{api}: {type(exc).__name__}: {redact(str(exc))}", api=api) from None
@@ -227,9 +240,9 @@ class WechatClient:
 
     # ------------------------------------------------------------ the API used here
 
-    def add_image_material(self, upload: Upload) -> str:
-        """Permanent image material (cover of a draft). Returns its media_id."""
-        data = self._call("material/add_material", params={"type": "image"}, files={"media": upload})
+    def add_thumb_material(self, upload: Upload) -> str:
+        """Permanent thumb material (a draft's cover: JPG, at most 64 KB). Returns its media_id."""
+        data = self._call("material/add_material", params={"type": "thumb"}, files={"media": upload})
         return _required(data, "media_id", "material/add_material")
 
     def upload_article_image(self, upload: Upload) -> str:
@@ -241,8 +254,21 @@ class WechatClient:
         data = self._call("draft/add", json_body={"articles": articles})
         return _required(data, "media_id", "draft/add")
 
+    def get_draft(self, media_id: str) -> list[dict]:
+        """The draft's articles. Raises WechatPermanentError (40007) if it is not in the draft box."""
+        return self._call("draft/get", json_body={"media_id": media_id}).get("news_item") or []
+
     def delete_draft(self, media_id: str) -> None:
         self._call("draft/delete", json_body={"media_id": media_id})
+
+    def count_drafts(self) -> int:
+        return int(self._call("draft/count", method="GET").get("total_count") or 0)
+
+    def list_drafts(self, *, offset: int = 0, count: int = PAGE_SIZE, no_content: bool = False) -> dict:
+        """One page of the draft box, newest first: {total_count, item_count, item: [{media_id,
+        content: {news_item}, update_time}]}."""
+        return self._call("draft/batchget", json_body={"offset": offset, "count": count,
+                                                       "no_content": int(no_content)})
 
     def submit_publish(self, media_id: str) -> str:
         """Not idempotent: a second submit publishes twice. Raises WechatOutcomeUnknown when
@@ -253,6 +279,12 @@ class WechatClient:
 
     def get_publish_status(self, publish_id: str) -> dict:
         return self._call("freepublish/get", json_body={"publish_id": publish_id})
+
+    def list_published(self, *, offset: int = 0, count: int = PAGE_SIZE, no_content: bool = False) -> dict:
+        """One page of the published articles, newest first: {total_count, item_count, item:
+        [{article_id, content: {news_item: [{..., url}]}, update_time}]}."""
+        return self._call("freepublish/batchget", json_body={"offset": offset, "count": count,
+                                                             "no_content": int(no_content)})
 
 
 class _TokenRejected(WechatError):

@@ -28,9 +28,9 @@ def callback_signature(token: str, timestamp: str, nonce: str) -> str:
 @csrf_exempt
 @require_http_methods(["GET", "POST"])
 def wechat_callback(request):
-    token = settings.WECHAT_CALLBACK_TOKEN
+    token = settings.WECHAT_TOKEN
     if not token:
-        return HttpResponse("WECHAT_CALLBACK_TOKEN is not set", status=503, content_type="text/plain")
+        return HttpResponse("WECHAT_TOKEN is not set", status=503, content_type="text/plain")
     q = request.GET
     expected = callback_signature(token, q.get("timestamp", ""), q.get("nonce", ""))
     if not hmac.compare_digest(expected, q.get("signature", "")):
