@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from nextevent.redis import get_redis
-from tests.wechat_fake import APP_ID, APP_SECRET, fake_wechat  # noqa: F401  (fixture)
+from tests.wechat_fixtures import APP_ID, APP_SECRET, DEFAULT_THUMB, fake_wechat  # noqa: F401  (fixture)
 from wechat.client import (
     WechatClient,
     WechatConfigError,
@@ -18,7 +18,7 @@ from wechat.client import (
     WechatTransientError,
 )
 
-ARTICLE = {"title": "发布会", "author": "编辑部", "content": "<p>正文</p>", "thumb_media_id": "MAT_default"}
+ARTICLE = {"title": "发布会", "author": "编辑部", "content": "<p>正文</p>", "thumb_media_id": DEFAULT_THUMB}
 
 
 def client(fake, **kwargs) -> WechatClient:
@@ -44,6 +44,17 @@ def test_it_fetches_a_new_token_once_when_wechat_refuses_the_cached_one(fake_wec
     assert fake_wechat.count("stable_token") == 2
     assert fake_wechat.count("draft/add") == 3
     assert len(fake_wechat.drafts) == 2
+
+
+def test_it_replaces_a_token_that_expired_mid_flow(fake_wechat):
+    c = client(fake_wechat)
+    c.add_draft([ARTICLE])
+    fake_wechat.expire_token()  # WeChat's clock says it is over; our cache still holds it
+
+    c.add_draft([ARTICLE])
+
+    assert [call["result"].get("errcode") for call in fake_wechat.calls_to("draft/add")] == [None, 42001, None]
+    assert fake_wechat.count("stable_token") == 2 and len(fake_wechat.drafts) == 2
 
 
 def test_it_gives_up_when_the_fresh_token_is_refused_too(fake_wechat):
@@ -98,6 +109,27 @@ def test_it_refuses_to_start_without_credentials():
         WechatClient(app_id="", app_secret="", base_url="http://127.0.0.1:9/")
 
 
+def test_it_takes_the_host_root_as_base_url_and_adds_cgi_bin(fake_wechat, settings):
+    assert WechatClient.from_settings().base_url == f"{fake_wechat.base_url}/cgi-bin/"
+    with pytest.raises(WechatConfigError, match="WECHAT_API_BASE_URL is the host root"):
+        WechatClient(app_id=APP_ID, app_secret=APP_SECRET, base_url="https://api.weixin.qq.com/cgi-bin/")
+
+
+def test_it_pages_through_the_draft_box_newest_first(fake_wechat):
+    c = client(fake_wechat)
+    ids = [c.add_draft([{**ARTICLE, "title": f"第{n}篇"}]) for n in range(3)]
+
+    page = c.list_drafts(offset=0, count=2)
+    rest = c.list_drafts(offset=2, count=2, no_content=True)
+
+    assert page["total_count"] == 3 and [i["media_id"] for i in page["item"]] == ids[:0:-1]
+    assert page["item"][0]["content"]["news_item"][0]["title"] == "第2篇"
+    assert [i["media_id"] for i in rest["item"]] == ids[:1]
+    assert "content" not in rest["item"][0]["content"]["news_item"][0]
+    assert c.count_drafts() == 3 and fake_wechat.calls_to("draft/count")[0]["body"] == b""
+    assert c.get_draft(ids[0])[0]["title"] == "第0篇"
+
+
 def test_a_submit_whose_answer_was_lost_is_outcome_unknown(fake_wechat):
     fake_wechat.script("freepublish/submit", "drop")
     c = client(fake_wechat)
@@ -120,7 +152,7 @@ def test_a_refused_connection_is_transient_and_known_not_sent():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed when the block ends: nothing listens there
     get_redis().set(f"wechat:access_token:{APP_ID}", "cached-token")
-    c = WechatClient(app_id=APP_ID, app_secret=APP_SECRET, base_url=f"http://127.0.0.1:{port}/cgi-bin/")
+    c = WechatClient(app_id=APP_ID, app_secret=APP_SECRET, base_url=f"http://127.0.0.1:{port}")
 
     with pytest.raises(WechatTransientError) as caught:
         c.submit_publish("DRAFT_1")
