@@ -251,3 +251,6 @@ def test_the_shell_sees_the_documented_exit_codes():
     away = _manage("stats", env={"REDIS_PORT": "9"})
     assert away.returncode == 3, away.stderr
     assert "critical" in away.stdout and "Redis unavailable" in away.stderr
+    # MySQL away (nothing listens on port 1).
+    no_db = _manage("list", env={"DB_HOST": "127.0.0.1", "DB_PORT": "1", "DB_CONNECT_TIMEOUT": "1"})
+    assert no_db.returncode == 3 and "OperationalError" in no_db.stderr
