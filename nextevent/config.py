@@ -125,19 +125,29 @@ def database_config(env: Env, *, embedded: bool) -> dict:
     }
 
 
+def _redis_retry():
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+
+    # redis-py's default (10 retries with backoff) makes every call to a Redis that is down
+    # take seconds; a blip is covered by two quick retries, an outage is reported at once.
+    return Retry(ExponentialBackoff(cap=0.5, base=0.05), 2)
+
+
 def redis_config(env: Env, *, embedded: bool) -> dict:
     """Connection keywords for redis-py; used by django-q2's broker and by every other client."""
     if embedded:
         from nextevent import embedded as embedded_redis
 
         return {"unix_socket_path": str(embedded_redis.ensure_server()),
-                "db": env.int("REDIS_DB", 0, min_value=0, max_value=15)}
+                "db": env.int("REDIS_DB", 0, min_value=0, max_value=15), "retry": _redis_retry()}
     config = {
         "host": env.str("REDIS_HOST", "localhost"),
         "port": env.int("REDIS_PORT", 6379, min_value=1, max_value=65535),
         "db": env.int("REDIS_DB", 0, min_value=0, max_value=15),
         "socket_connect_timeout": 5,
         "health_check_interval": 30,
+        "retry": _redis_retry(),
     }
     password = env.str("REDIS_PASSWORD", "")
     if password:
