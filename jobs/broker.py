@@ -44,6 +44,10 @@ def push(jobs: Iterable[tuple[int, str, int]]) -> int:
         by_queue[queue].append(_package(job_id, queue, timeout))
     if not by_queue:
         return 0
+    if len(by_queue) == 1:
+        queue, packages = next(iter(by_queue.items()))
+        get_redis().rpush(queue_key(queue), *packages)
+        return len(packages)
     pipe = get_redis().pipeline(transaction=False)
     for queue, packages in by_queue.items():
         pipe.rpush(queue_key(queue), *packages)

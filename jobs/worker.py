@@ -8,6 +8,7 @@ except its own TimeoutException, which must propagate so the worker process is r
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 
@@ -64,6 +65,11 @@ class LeaseKeeper:
 _lease = LeaseKeeper()
 
 
+@functools.lru_cache(maxsize=None)
+def _handler(path: str):
+    return import_string(path)
+
+
 def run_job(job_id: int) -> str:
     """The django-q2 task function for every job type."""
     job = services.job_claim(job_id, worker=services.worker_id())
@@ -78,7 +84,7 @@ def run_job(job_id: int) -> str:
     try:
         job_type = get_job_type(job.job_type)
         payload = job_type.payload.from_json(job.payload)
-        handler = import_string(job_type.handler)
+        handler = _handler(job_type.handler)
         result = handler(payload, job)
     except Snooze as snooze:
         services.job_snooze(job, until=snooze.until, reason=snooze.reason)
