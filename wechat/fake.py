@@ -65,6 +65,7 @@ class FakeWechat:
         self.publish_polls, self.publish_seconds, self.publish_status = publish_polls, publish_seconds, publish_status
         self.callback_url, self.callback_token = callback_url, callback_token
         self.token_ttl = token_ttl
+        self.old_token_grace = OLD_TOKEN_GRACE
         self.limits = {**LIMITS, **(limits or {})}
         self.quotas = {**QUOTAS, **(quotas or {})}
         self._initial_quotas = dict(self.quotas)
@@ -75,7 +76,8 @@ class FakeWechat:
         self.scripts: dict[str, list] = {}
         self.used: dict[str, int] = {}
         self.token: str | None = None
-        self.tokens: dict[str, float] = {}  # token -> when it stops working (time.time())
+        self.tokens: dict[str, float] = {}  # token -> when it expires (42001), time.time()
+        self.replaced: dict[str, float] = {}  # token -> when, replaced, it stops working (40001)
         self.materials: dict[str, dict] = {DEFAULT_THUMB: {"type": "thumb", "data": b"", "filename": "default.jpg"}}
         self.uploaded_images: dict[str, bytes] = {}  # mmbiz URL -> bytes (media/uploadimg)
         self.drafts: dict[str, dict] = {}  # media_id -> {articles, update_time}, oldest first
@@ -215,7 +217,7 @@ class FakeWechat:
             return self._api_stable_token(_json(body))
         token = query.get("access_token")
         expires = self.tokens.get(token)
-        if expires is None:
+        if expires is None or time.time() >= self.replaced.get(token, float("inf")):
             return _err(40001, "invalid credential, access_token is invalid or not latest")
         if time.time() >= expires:
             return _err(42001, "access_token expired")
@@ -241,7 +243,7 @@ class FakeWechat:
     def _new_token(self, *, previous_grace: float | None) -> str:
         now = time.time()
         if self.token in self.tokens and previous_grace is not None:
-            self.tokens[self.token] = min(self.tokens[self.token], now + previous_grace)
+            self.replaced[self.token] = now + previous_grace
         self.token = f"TOKEN_{next(self.ids)}_{hashlib.sha1(str(now).encode()).hexdigest()[:8]}"
         self.tokens[self.token] = now + self.token_ttl
         return self.token
@@ -261,7 +263,7 @@ class FakeWechat:
         if (quota_error := self._spend("token")) is not None:
             return quota_error
         # Each call issues a new token; the previous one works 5 more minutes.
-        return {"access_token": self._new_token(previous_grace=OLD_TOKEN_GRACE), "expires_in": self.token_ttl}
+        return {"access_token": self._new_token(previous_grace=self.old_token_grace), "expires_in": self.token_ttl}
 
     def _api_stable_token(self, data: dict | None) -> dict:
         if not data or data.get("grant_type") != "client_credential":
