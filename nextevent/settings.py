@@ -200,6 +200,9 @@ WECHAT_IMAGE_ALLOW_PRIVATE = env.bool("WECHAT_IMAGE_ALLOW_PRIVATE", False)
 WECHAT_POLL_FIRST = env.float("WECHAT_POLL_FIRST", 60, min_value=0.1)
 WECHAT_POLL_MAX_INTERVAL = env.float("WECHAT_POLL_MAX_INTERVAL", 1800, min_value=0.1)
 WECHAT_MAX_POLLS = env.int("WECHAT_MAX_POLLS", 12, min_value=1)
+# freepublish/get calls a day across all workers (WeChat allows 100): past it, polling waits for
+# the next day (the push still settles publications), leaving the rest for people and tools.
+WECHAT_POLLS_PER_DAY = env.int("WECHAT_POLLS_PER_DAY", 80, min_value=1)
 # After a draft/add or freepublish/submit that got no answer, the draft box / publish records
 # are searched, newest first, this many pages of 20 before concluding "not there".
 WECHAT_SEARCH_PAGES = env.int("WECHAT_SEARCH_PAGES", 3, min_value=1, max_value=50)

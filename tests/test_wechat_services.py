@@ -416,6 +416,19 @@ def test_polling_waits_for_the_quota_reset_when_freepublish_get_is_used_up(publi
     assert caught.value.until == next_quota_reset()
 
 
+def test_polling_keeps_within_its_own_daily_budget_of_freepublish_get(published, fake_wechat, settings):
+    settings.WECHAT_POLLS_PER_DAY = 1
+    first, second = submitted(fake_wechat, published()), submitted(fake_wechat, published())
+    with pytest.raises(Snooze, match="still in progress"):
+        publish(first)
+
+    with pytest.raises(Snooze, match="WECHAT_POLLS_PER_DAY") as caught:
+        publish(second)
+
+    assert caught.value.until == next_quota_reset() and fake_wechat.count("freepublish/get") == 1
+    assert WechatArticle.objects.get(pk=second.pk).polls == 0
+
+
 def test_a_submit_whose_answer_was_lost_is_found_in_the_publish_records(published, fake_wechat):
     news = published()
     article = lost_submit(fake_wechat, news)

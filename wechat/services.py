@@ -487,6 +487,11 @@ def _poll(article: WechatArticle) -> str:
         # Left in PUBLISHING: a late PUBLISHJOBFINISH push can still settle it.
         raise PermanentError(f"publish {article.publish_id} still not settled after {article.polls} polls "
                              "(WECHAT_MAX_POLLS)")
+    if not _spend_daily_budget("freepublish/get", settings.WECHAT_POLLS_PER_DAY):
+        message = (f"publish {article.publish_id}: today's WECHAT_POLLS_PER_DAY ({settings.WECHAT_POLLS_PER_DAY}) "
+                   "freepublish/get calls are spent; polling again tomorrow (the push can settle it before)")
+        _note(article, message)
+        raise Snooze(next_quota_reset(), message)
     WechatArticle.objects.filter(pk=article.pk).update(polls=F("polls") + 1)
     with _as_job_errors(article):
         data = WechatClient.from_settings().get_publish_status(article.publish_id)
@@ -583,6 +588,18 @@ def _as_job_errors(article: WechatArticle, *, permanent: bool = True):
 
 def _note(article: WechatArticle, message: str) -> None:
     WechatArticle.objects.filter(pk=article.pk).update(last_error=message[:2000])
+
+
+def _spend_daily_budget(api: str, budget: int) -> bool:
+    """Count one call of `api` against our own daily budget, shared by every worker through
+    Redis and reset with WeChat's quotas (midnight in Beijing). False: the budget is spent."""
+    day = timezone.localtime(timezone.now(), QUOTA_TIME_ZONE).date().isoformat()
+    key = f"wechat:spent:{settings.WECHAT_APP_ID}:{api}:{day}"
+    redis = get_redis()
+    spent = redis.incr(key)
+    if spent == 1:
+        redis.expire(key, 2 * 24 * 3600)
+    return spent <= budget
 
 
 def next_quota_reset(now: datetime | None = None) -> datetime:
