@@ -58,7 +58,8 @@ def test_a_scheduled_news_item_reaches_wechat_through_the_workers(start_cluster,
     assert article.article_url == pub["urls"][0] and article.article_id == pub["article_id"]
     assert article.publish_id == str(pub["publish_id"]) and article.polls == 2
     news.refresh_from_db()
-    print(f"news published -> WeChat article published: {(article.published_at - news.published_at).total_seconds():.2f} s")
+    took = (article.published_at - news.published_at).total_seconds()
+    print(f"news published -> WeChat article published: {took:.2f} s")
     assert job_of(news, WECHAT_DRAFT_CREATION, JobState.COMPLETED).attempts == 1
     assert job_of(news, WECHAT_PUBLISHING, JobState.COMPLETED).result == f"published: {article.publish_id}"
     [sent] = pub["articles"]

@@ -163,7 +163,8 @@ class FakeWechat:
         now = int(time.time())
         if status == 0:
             pub["article_id"] = f"ART_{publish_id}"
-            pub["urls"] = [f"https://mp.weixin.qq.com/s/fake{publish_id}_{i}" for i in range(1, len(pub["articles"]) + 1)]
+            pub["urls"] = [f"https://mp.weixin.qq.com/s/fake{publish_id}_{i}"
+                           for i in range(1, len(pub["articles"]) + 1)]
             items = [{**a, "url": url, "is_deleted": False} for a, url in zip(pub["articles"], pub["urls"])]
             self.published[pub["article_id"]] = {"publish_id": publish_id, "news_item": items, "update_time": now}
         else:
