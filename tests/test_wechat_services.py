@@ -658,3 +658,15 @@ def test_the_news_admin_page_shows_the_items_wechat_life(admin_client, published
 
     assert "WeChat" in page and article.publish_id in page and article.draft_media_id in page
     assert admin_client.get("/admin/wechat/wechatimage/").status_code == 200
+
+
+def test_publishing_without_an_app_configured_queues_no_wechat_job(settings):
+    from jobs.models import Job
+    from news.factories import NewsFactory
+    from news.services import news_publish
+
+    settings.WECHAT_APP_ID = ""
+    news = NewsFactory(push_to_wechat=True)
+    assert news_publish(news_id=news.pk) is True
+    assert not Job.objects.filter(news_id=news.pk, job_type="wechat:draft_creation").exists()
+    assert not WechatArticle.objects.filter(news=news).exists()

@@ -67,9 +67,14 @@ PUBLISH_STATUS = {0: "published", 1: "publishing", 2: "original-content check fa
 
 
 def wechat_on_news_published(news_id: int) -> None:
-    """news.services publish hook; runs inside the publishing transaction."""
-    if News.objects.filter(pk=news_id, push_to_wechat=True).exists():
-        wechat_push(news_id=news_id)
+    """news.services publish hook; runs inside the publishing transaction. Without an app
+    configured nothing is queued: a job that could only go dead would page someone."""
+    if not News.objects.filter(pk=news_id, push_to_wechat=True).exists():
+        return
+    if not (settings.WECHAT_APP_ID and settings.WECHAT_APP_SECRET):
+        logger.info("news %s not sent to WeChat: WECHAT_APP_ID / WECHAT_APP_SECRET are not set", news_id)
+        return
+    wechat_push(news_id=news_id)
 
 
 def wechat_push(*, news_id: int) -> bool:
