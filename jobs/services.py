@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from jobs import broker
 from jobs.events import log_job_event
-from jobs.models import LIVE_STATES, Job, JobState, QueuePause
+from jobs.models import Job, JobState, QueuePause
 from jobs.errors import PayloadError
 from jobs.types import QUEUES, get_job_type, validate_payload
 

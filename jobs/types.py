@@ -11,9 +11,9 @@ import dataclasses
 import functools
 import json
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any
 
 from django.utils.dateparse import parse_datetime
 

@@ -6,7 +6,6 @@ deployment stops start-up with one readable line instead of a traceback deep in 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import environ
