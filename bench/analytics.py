@@ -33,6 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import wait  # noqa: E402
+
 TOTAL_FIELDS = {"view": "view_count", "share": "share_count", "like": "like_count"}
 
 
@@ -44,16 +46,6 @@ def seed_count_event(news_id: int, event_type: str) -> None:
 
     field = TOTAL_FIELDS[event_type]
     News.objects.filter(pk=news_id).update(**{field: F(field) + 1})
-
-
-def wait(predicate, timeout: float, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return None
 
 
 def make_events(news_ids: list[int], n: int, seed: int) -> list[dict]:

@@ -70,6 +70,17 @@ class Cluster:
             os.killpg(self.proc.pid, signal.SIGKILL)
 
 
+def wait(predicate, timeout: float, interval: float = 0.05):
+    """Poll until predicate() is truthy; its value, or None after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return None
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     if not ordered:

@@ -22,17 +22,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import common  # noqa: E402
 from bench.common import Cluster, machine, percentile, setup_django  # noqa: E402
 
 
 def wait(predicate, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise SystemExit(f"timed out waiting for {what}")
+    value = common.wait(predicate, timeout, interval)
+    if value is None:
+        raise SystemExit(f"timed out waiting for {what}")
+    return value
 
 
 def reset():
