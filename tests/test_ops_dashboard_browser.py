@@ -77,6 +77,10 @@ def login(browser, base_url):
     browser.find_element(By.NAME, "username").send_keys("opsdesk")
     browser.find_element(By.NAME, "password").send_keys("dashboard-pass-1")
     browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    # Wait for the login POST to land: navigating away before it does drops the session cookie.
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, 15).until(lambda b: "/admin/login/" not in b.current_url)
 
 
 def cell(browser, queue, col):
