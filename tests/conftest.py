@@ -29,6 +29,32 @@ def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, message: 
         time.sleep(interval)
 
 
+def run_concurrently(func, n: int) -> tuple[list, list]:
+    """Call func() in n threads released together by a barrier; each thread closes its own
+    database connection. Returns (results, exceptions)."""
+    import threading
+
+    from django.db import connections
+
+    results, errors, barrier = [], [], threading.Barrier(n)
+
+    def run():
+        try:
+            barrier.wait()
+            results.append(func())
+        except Exception as exc:  # noqa: BLE001 - returned to the test
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=run) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results, errors
+
+
 class ClusterProcess:
     """A `manage.py qcluster` subprocess on the test database."""
 

@@ -6,7 +6,6 @@ hides from the signals. Real MariaDB and Redis; jobs are run by the real worker 
 from __future__ import annotations
 
 import logging
-import threading
 from datetime import timedelta
 
 import pytest
@@ -22,6 +21,7 @@ from jobs.worker import run_job
 from news.factories import NewsFactory, PublishedNewsFactory, ScheduledNewsFactory
 from news.models import News, NewsStatus
 from news.services import news_publish
+from tests.conftest import run_concurrently
 
 PUBLISH, EXPIRE = NEWS_SCHEDULED_PUBLISHER, NEWS_EXPIRATION
 
@@ -414,22 +414,7 @@ def test_concurrent_publish_sweeps_make_one_job_per_item():
     items = [NewsFactory() for _ in range(20)]
     News.objects.filter(pk__in=[n.pk for n in items]).update(
         status=NewsStatus.SCHEDULED, scheduled_at=earlier(minutes=1))
-    errors, barrier = [], threading.Barrier(4)
-
-    def sweep():
-        try:
-            barrier.wait()
-            news_publish_sweep()
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=sweep) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _, errors = run_concurrently(news_publish_sweep, 4)
 
     assert errors == []
     assert Job.objects.filter(job_type=PUBLISH).count() == 20

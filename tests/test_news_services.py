@@ -1,13 +1,12 @@
 """News status changes: idempotent, guarded, and race-free."""
 
-import threading
 
 import pytest
-from django.db import connection
 
 from news.models import News, NewsStatus
 from news.factories import NewsFactory, PublishedNewsFactory, ScheduledNewsFactory
 from news.services import NewsStateError, news_archive, news_publish
+from tests.conftest import run_concurrently
 
 
 @pytest.mark.django_db
@@ -46,19 +45,7 @@ def test_archive_then_archive_again():
 @pytest.mark.django_db(transaction=True)
 def test_two_concurrent_publishers_cannot_both_win():
     news = ScheduledNewsFactory()
-    results, barrier = [], threading.Barrier(8)
-
-    def publish():
-        try:
-            barrier.wait()
-            results.append(news_publish(news_id=news.pk))
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=publish) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results, errors = run_concurrently(lambda: news_publish(news_id=news.pk), 8)
+    assert errors == []
     assert sorted(results) == [False] * 7 + [True]
     assert News.objects.get(pk=news.pk).status == NewsStatus.PUBLISHED

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import io
 import logging
-import threading
 import uuid
 from datetime import datetime, timedelta
 
 import pytest
 from croniter import croniter
 from django.core.management import call_command
-from django.db import connection
 from django.utils import timezone
 from django_q.models import Schedule, Task
 
@@ -31,6 +29,7 @@ from jobs.dispatcher import fire_schedules
 from jobs.liveness import publish_cluster_heartbeat
 from jobs.models import Heartbeat, Job, JobState
 from jobs.types import NEWS_ANALYTICS, QUEUES, SYSTEM_PERIODIC
+from tests.conftest import run_concurrently
 
 EXPECTED_TABLE = {
     # name: (cron, queue, func)
@@ -128,22 +127,7 @@ def test_sync_with_reset_puts_the_codes_timing_back():
 
 @pytest.mark.django_db(transaction=True)
 def test_qclusters_starting_together_sync_the_table_once():
-    errors, barrier = [], threading.Barrier(4)
-
-    def start():
-        try:
-            barrier.wait()
-            sync_periodic_table()
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=start) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _, errors = run_concurrently(sync_periodic_table, 4)
 
     assert errors == []
     assert sorted(Schedule.objects.values_list("name", flat=True)) == sorted(EXPECTED_TABLE)
@@ -236,22 +220,7 @@ def test_a_broken_schedule_neither_refires_the_others_nor_stops_its_own_next_run
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_dispatchers_fire_a_slot_once():
     s = schedule("contested", next_run=timezone.now() - timedelta(seconds=1))
-    counts, errors, barrier = [], [], threading.Barrier(6)
-
-    def dispatcher():
-        try:
-            barrier.wait()
-            counts.append(fire_schedules())
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=dispatcher) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    counts, errors = run_concurrently(fire_schedules, 6)
 
     assert errors == [] and sum(counts) == 1 and len(fired(s)) == 1
 
