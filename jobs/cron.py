@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from croniter import croniter
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, Exists, Min, OuterRef
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 from django_q.models import Schedule
 from django_q.utils import localtime
@@ -144,16 +144,12 @@ def queue_health(now: datetime | None = None) -> dict[str, dict]:
     """Per queue: ledger counts by state, Redis depth, oldest pending age, live workers."""
     from jobs import broker
     from jobs.liveness import live_clusters
+    from jobs.monitoring import ledger_counts, oldest_pending
     from jobs.types import QUEUES
 
     now = now or timezone.now()
-    counts = {q: {s: 0 for s in JobState.values} for q in QUEUES}
-    for row in (Job.objects.filter(state__in=[JobState.SCHEDULED, JobState.PENDING, JobState.ACTIVE,
-                                              JobState.RETRY, JobState.DEAD])
-                .values("queue", "state").order_by().annotate(n=Count("pk"))):
-        counts.setdefault(row["queue"], {s: 0 for s in JobState.values})[row["state"]] = row["n"]
-    oldest = dict(Job.objects.filter(state=JobState.PENDING).values("queue").order_by()
-                  .annotate(t=Min("dispatched_at")).values_list("queue", "t"))
+    counts = ledger_counts()
+    ages = oldest_pending(now)
     clusters = live_clusters()
     out = {}
     for q in QUEUES:
@@ -161,7 +157,7 @@ def queue_health(now: datetime | None = None) -> dict[str, dict]:
         out[q] = {
             **{s: counts[q][s] for s in ("scheduled", "pending", "active", "retry", "dead")},
             "depth": broker.queue_depth(q),
-            "oldest_pending_age_s": round((now - oldest[q]).total_seconds(), 3) if oldest.get(q) else 0.0,
+            "oldest_pending_age_s": ages[q],
             "clusters": len(alive),
             "workers_alive": sum(c.get("workers_alive", 0) for c in alive),
         }
