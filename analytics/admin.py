@@ -1,5 +1,5 @@
 """Analytics in the admin: counters per news item and day, today's most viewed items, the
-batches applied, and a by-day table on each News change page (news/admin.py)."""
+batches applied, and a by-day table on each News change page (registered below)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from analytics.ingest import EVENT_TYPES
 from analytics.models import AppliedBatch, DailyStat, TopNewsToday
 from analytics.selectors import news_daily_stats
 from analytics.services import buffer_status
+from news.models import News
 
 
 class _ReadOnly(admin.ModelAdmin):
@@ -96,3 +97,20 @@ def news_analytics_table(news, days: int = 30) -> str:
     return format_html('<table><thead><tr>{}</tr></thead><tbody>{}</tbody></table>'
                        '<p><a href="{}">All days</a>. Events in the buffer are counted within 5 minutes.</p>',
                        head, body, link)
+
+
+# The news app does not know about analytics: this app registers News's admin again, as a
+# subclass of whatever is registered (Django's public get_model_admin), with the counters.
+_news_admin = type(admin.site.get_model_admin(News))
+
+
+class NewsWithAnalyticsAdmin(_news_admin):
+    readonly_fields = (*_news_admin.readonly_fields, "analytics_by_day")
+
+    @admin.display(description="analytics by day")
+    def analytics_by_day(self, obj):
+        return news_analytics_table(obj)
+
+
+admin.site.unregister(News)
+admin.site.register(News, NewsWithAnalyticsAdmin)

@@ -17,6 +17,7 @@ from typing import Any
 
 from django.conf import settings
 
+from analytics.scheduling import enqueue_analytics_batch
 from nextevent.redis import get_redis
 
 logger = logging.getLogger(__name__)
@@ -170,9 +171,13 @@ def _after_length_check(length: int) -> None:
 
 
 def enqueue_threshold_batch(length: int, reason: str = "threshold") -> int:
-    from jobs import types
-    from jobs.scheduler import enqueue
-
-    job_id = enqueue(types.NEWS_ANALYTICS, {"reason": reason}, unique_key="news:analytics:threshold")
+    job_id = enqueue_analytics_batch(reason=reason, unique_key="news:analytics:threshold")
     logger.info("analytics: buffer holds %d events; batch job %s enqueued (%s)", length, job_id, reason)
     return job_id
+
+
+def enqueue_news_analytics(news_id: int, event_type: str, user_id: int | str | None = None,
+                           metadata: dict | None = None) -> str:
+    """The seed's name for recording one event. On the hot path, so it does not create a
+    job: it appends to the analytics buffer in Redis, which `news:analytics` jobs drain."""
+    return record_event(news_id=news_id, event_type=event_type, user_id=user_id, metadata=metadata)

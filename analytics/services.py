@@ -36,6 +36,7 @@ from django.db import IntegrityError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from analytics.ingest import EVENT_TYPES, MAX_NEWS_ID, MAX_USER_ID_CHARS, STREAM_KEY, enqueue_threshold_batch
+from jobs.maintenance import delete_in_batches
 from analytics.models import AppliedBatch, ApplyLock, DailyStat, DailyUser, RawEvent
 from nextevent.redis import get_redis
 from news.models import News
@@ -432,8 +433,6 @@ def analytics_cleanup(*, now: datetime | None = None) -> int:
     """Delete raw events (and applied-batch records) older than ANALYTICS_RAW_RETENTION_DAYS,
     in short transactions of RAW_DELETE_BATCH rows, at most RAW_DELETE_MAX_BATCHES per
     run. Counters and unique users are kept. Returns the raw events deleted."""
-    from jobs.cron import delete_in_batches
-
     now = now or timezone.now()
     cutoff = now - timedelta(days=settings.ANALYTICS_RAW_RETENTION_DAYS)
     deleted = delete_in_batches(RawEvent.objects.filter(occurred_at__lt=cutoff), batch=RAW_DELETE_BATCH,

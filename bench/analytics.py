@@ -91,7 +91,7 @@ def bench_many(events: list[dict], max_seconds: float, per_call: int = 1000) -> 
 
 def bench_end_to_end(expected: int, workers: int, news_ids: list[int], max_seconds: float) -> tuple[int, float]:
     from bench.common import Cluster
-    from jobs import types
+    from analytics.scheduling import NEWS_ANALYTICS
     from jobs.scheduler import enqueue
     from news.models import News
     from analytics.services import buffer_status
@@ -109,7 +109,7 @@ def bench_end_to_end(expected: int, workers: int, news_ids: list[int], max_secon
 
         t0 = time.perf_counter()
         for _ in range(workers):  # one job per worker: they drain the buffer together
-            enqueue(types.NEWS_ANALYTICS, {"reason": "bench"})
+            enqueue(NEWS_ANALYTICS, {"reason": "bench"})
         done = wait(lambda: buffer_status() == {"length": 0, "pending": 0} and counted() >= expected,
                     max_seconds, 0.05)
         elapsed = time.perf_counter() - t0
@@ -219,7 +219,7 @@ def main() -> None:
 
 
 def _cleanup(news_ids: list[int], marks: dict) -> None:
-    from jobs.cron import delete_in_batches
+    from jobs.maintenance import delete_in_batches
     from news.models import News
 
     for model, mark in marks.items():

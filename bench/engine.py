@@ -72,17 +72,18 @@ def bench_engine(n: int, bulk: bool) -> float:
     afterwards, so the waiting loop's own queries do not count)."""
     from django.db.models import Max
 
-    from jobs import scheduler, types
+    from jobs import scheduler
+    from jobs.system import SYSTEM_NOOP
     from jobs.models import Job
 
     started = time.time()
     ids: list[int] = []
     if bulk:
         for start in range(0, n, 500):
-            ids += scheduler.enqueue_many(types.SYSTEM_NOOP, [{}] * min(500, n - start))
+            ids += scheduler.enqueue_many(SYSTEM_NOOP, [{}] * min(500, n - start))
     else:
         for _ in range(n):
-            ids.append(scheduler.enqueue(types.SYSTEM_NOOP, {}))
+            ids.append(scheduler.enqueue(SYSTEM_NOOP, {}))
     wait(lambda: _all_completed(ids), 600, "engine jobs", 0.25)
     last = Job.objects.filter(pk__in=ids).aggregate(t=Max("finished_at"))["t"]
     return n / (last.timestamp() - started)
@@ -93,11 +94,12 @@ def bench_lateness(n: int, spread: float) -> dict:
 
     from django.utils import timezone
 
-    from jobs import scheduler, types
+    from jobs import scheduler
+    from jobs.system import SYSTEM_NOOP
     from jobs.models import Job, JobState
 
     start = timezone.now() + timedelta(seconds=5)
-    ids = [scheduler.enqueue(types.SYSTEM_NOOP, {}, run_at=start + timedelta(seconds=spread * i / n))
+    ids = [scheduler.enqueue(SYSTEM_NOOP, {}, run_at=start + timedelta(seconds=spread * i / n))
            for i in range(n)]
     wait(lambda: Job.objects.filter(pk__in=ids, state=JobState.COMPLETED).count() == n, spread + 120, "lateness jobs")
     lateness = [(s - r).total_seconds() for s, r in Job.objects.filter(pk__in=ids).values_list("started_at", "run_at")]
@@ -106,12 +108,13 @@ def bench_lateness(n: int, spread: float) -> dict:
 
 
 def bench_sigkill(rounds: int) -> list[float]:
-    from jobs import scheduler, types
+    from jobs import scheduler
+    from jobs.system import SYSTEM_NOOP
     from jobs.models import Job, JobState
 
     out = []
     for _ in range(rounds):
-        job_id = scheduler.enqueue(types.SYSTEM_NOOP, {"sleep": 5})
+        job_id = scheduler.enqueue(SYSTEM_NOOP, {"sleep": 5})
         job = wait(lambda: Job.objects.filter(pk=job_id, state=JobState.ACTIVE).first(), 30, "active job")
         os.kill(int(job.worker.rsplit(":", 1)[1]), signal.SIGKILL)
         killed = time.time()

@@ -1,4 +1,4 @@
-"""Job ledger in the Django admin: see every job, filter, search by job id or news id, read
+"""Job ledger in the Django admin: see every job, filter, search by job id, subject (news:42) or unique key, read
 payload and errors, retry dead jobs, cancel or delete. Staff only (the admin site's rule);
 the actions need the ledger's change/delete permissions."""
 
@@ -14,16 +14,16 @@ from jobs.models import Heartbeat, Job, QueuePause
 @admin.register(Job)
 class JobAdmin(admin.ModelAdmin):
     list_display = ("id", "job_type", "queue", "state", "attempts", "max_retries", "run_at", "started_at",
-                    "finished_at", "news_id", "short_error")
+                    "finished_at", "subject", "short_error")
     list_filter = ("state", "queue", "job_type")
-    search_fields = ("=id", "=news_id", "unique_key")
+    search_fields = ("=id", "=subject", "unique_key")
     actions = ["retry_now", "cancel", "delete_jobs"]
     list_per_page = 50
     show_full_result_count = False  # COUNT(*) over a large ledger on every page view
     exclude = ("payload", "errors", "last_error")
     readonly_fields = ("job_type", "queue", "state", "attempts", "max_retries", "timeout", "run_at", "created_at",
                        "dispatched_at", "started_at", "finished_at", "lease_expires_at", "worker", "unique_key",
-                       "live_key", "news_id", "result", "payload_pretty", "last_error_pretty", "errors_pretty")
+                       "live_key", "subject", "waiting_reason", "result", "payload_pretty", "last_error_pretty", "errors_pretty")
 
     def has_add_permission(self, request):
         return False

@@ -6,6 +6,11 @@ class JobsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
-        # Registers the alerting hook of the 30-second health check in every process,
-        # including the worker that runs it.
-        from jobs import monitoring_alerts  # noqa: F401
+        from jobs import registry
+        from jobs.health import health_checked
+        from jobs.monitoring.alerts import alert_on_health_check
+
+        # Every app's job types and periodic tasks, in every process (web and workers).
+        registry.autodiscover()
+        # Alerts act on every health result, including in the worker that runs the check.
+        health_checked.connect(alert_on_health_check, dispatch_uid="jobs.alerts")

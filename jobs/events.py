@@ -26,7 +26,7 @@ def log_job_event(event: str, job, *, level: int = logging.INFO, **fields) -> No
         "job_type": job.job_type,
         "queue": job.queue,
         "attempt": job.attempts,
-        "news_id": job.news_id,
+        "subject": job.subject or None,
         **fields,
     }
     text = " ".join(f"{k}={v}" for k, v in data.items() if v is not None and k != "event")

@@ -18,6 +18,9 @@ class JobState(models.TextChoices):
 
 LIVE_STATES = (JobState.SCHEDULED, JobState.PENDING, JobState.ACTIVE, JobState.RETRY)
 FINISHED_STATES = (JobState.DEAD, JobState.COMPLETED, JobState.CANCELLED)
+# What people may do to a job (admin actions, `manage.py jobs`): one home for both.
+CANCELLABLE_STATES = (JobState.SCHEDULED, JobState.PENDING, JobState.RETRY)
+RETRYABLE_STATES = (JobState.DEAD, JobState.RETRY)
 
 
 class Job(models.Model):
@@ -39,8 +42,11 @@ class Job(models.Model):
     # Equals unique_key while the job is live and NULL afterwards; the unique index on it is
     # "at most one live job per key" (MySQL has no partial unique indexes).
     live_key = models.CharField(max_length=191, null=True, blank=True, unique=True)
-    news_id = models.BigIntegerField(null=True, blank=True, db_index=True)
-    last_error = models.TextField(blank=True)
+    # What the job is about, for people and searches: "news:42", "schedule:cleanup". Set
+    # from the job type's `subject` template; the engine does not interpret it.
+    subject = models.CharField(max_length=64, blank=True, default="", db_index=True)
+    last_error = models.TextField(blank=True, help_text="The last failed attempt's error; errors only")
+    waiting_reason = models.TextField(blank=True, help_text="Why a healthy job is waiting (snoozed), not an error")
     errors = models.JSONField(default=list, blank=True, help_text="One entry per failed attempt")
     result = models.TextField(blank=True)
 

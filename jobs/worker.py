@@ -8,19 +8,17 @@ except its own TimeoutException, which must propagate so the worker process is r
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 
 from django.conf import settings
 from django.db import close_old_connections
-from django.utils.module_loading import import_string
 from django_q.exceptions import TimeoutException
 
 from jobs import services
 from jobs.errors import PermanentError, Snooze
 from jobs.events import log_job_event
-from jobs.types import get_job_type
+from jobs.registry import get_job_type
 
 logger = logging.getLogger(__name__)
 
@@ -65,11 +63,6 @@ class LeaseKeeper:
 _lease = LeaseKeeper()
 
 
-@functools.lru_cache(maxsize=None)
-def _handler(path: str):
-    return import_string(path)
-
-
 def run_job(job_id: int) -> str:
     """The django-q2 task function for every job type."""
     job = services.job_claim(job_id, worker=services.worker_id())
@@ -84,8 +77,7 @@ def run_job(job_id: int) -> str:
     try:
         job_type = get_job_type(job.job_type)
         payload = job_type.payload.from_json(job.payload)
-        handler = _handler(job_type.handler)
-        result = handler(payload, job)
+        result = job_type.handler(payload, job)
     except Snooze as snooze:
         services.job_snooze(job, until=snooze.until, reason=snooze.reason)
         return "snoozed"

@@ -10,10 +10,4 @@ class NewsAdmin(admin.ModelAdmin):
     list_filter = ("status", "push_to_wechat", "scheduled_at", "published_at")
     search_fields = ("title", "author", "=id")
     readonly_fields = ("published_at", "archived_at", "created_at", "updated_at", "view_count", "share_count",
-                       "like_count", "analytics_by_day")
-
-    @admin.display(description="analytics by day")
-    def analytics_by_day(self, obj):
-        from analytics.admin import news_analytics_table
-
-        return news_analytics_table(obj)
+                       "like_count")

@@ -6,4 +6,4 @@ class NewsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
-        from news import signals  # noqa: F401  (connects the save/delete receivers)
+        from news import receivers  # noqa: F401  (connects the save/delete receivers)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from datetime import timezone as dt_timezone
 
 from django.db import transaction
 from django.utils import timezone
 
 from news.models import News, NewsStatus
+from news.signals import news_published
 
 logger = logging.getLogger(__name__)
 
@@ -101,44 +101,13 @@ def news_archive_expired(*, news_id: int, now: datetime | None = None) -> tuple[
     return False, f"news item does not expire until {row['expires_at'].isoformat()}"
 
 
-# Hooks run after a successful publish, inside the publishing transaction. Other apps
-# (wechat) register here instead of news importing them.
-_publish_hooks: list = []
-
-
-def on_news_published(func):
-    _publish_hooks.append(func)
-    return func
-
-
 def _after_publish(news_id: int) -> None:
-    for hook in _publish_hooks:
-        hook(news_id)
+    news_published.send(sender=News, news_id=news_id)
 
 
-def news_sync_jobs(*, news_id: int, status: str, scheduled_at: datetime | None,
-                   expires_at: datetime | None) -> None:
-    """Make the item's publishing and expiration jobs match its fields: schedule, move or
-    cancel. Runs in the caller's transaction, so the ledger and the item commit together;
-    wake-ups reach Redis only after that commit."""
-    from jobs import scheduler
-
-    # The same moment arrives in the editor's zone (admin forms) or in UTC (read back from
-    # the database); one form keeps an unchanged save from rewriting the job ("moved").
-    scheduled_at = scheduled_at and scheduled_at.astimezone(dt_timezone.utc)
-    expires_at = expires_at and expires_at.astimezone(dt_timezone.utc)
-    if status == NewsStatus.SCHEDULED and scheduled_at is not None:
-        scheduler.schedule_news_publishing(news_id, scheduled_at)
-    else:
-        scheduler.unschedule_news_publishing(news_id)
-    if expires_at is not None and status in (NewsStatus.SCHEDULED, NewsStatus.PUBLISHED):
-        scheduler.schedule_news_expiration(news_id, expires_at)
-    else:
-        scheduler.unschedule_news_expiration(news_id)
-
-
-def news_cancel_jobs(*, news_id: int) -> None:
-    from jobs import scheduler
-
-    scheduler.unschedule_news_publishing(news_id)
-    scheduler.unschedule_news_expiration(news_id)
+def news_save(*, news: News) -> News:
+    """Save an item and keep its jobs in step in one transaction: the post_save receiver
+    (news/receivers.py) writes the jobs inside it, so both commit or neither does."""
+    with transaction.atomic():
+        news.save()
+    return news

@@ -18,3 +18,11 @@ def get_redis() -> redis.Redis:
 def queue_key(queue: str) -> str:
     """django-q2's list for a cluster (brokers/redis_broker.py)."""
     return f"django_q:{queue}:q"
+
+
+# Compare-and-delete: release a lock or cached value only if it is still the one we set.
+_DELETE_IF_EQUAL = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+
+def delete_if_equal(client: redis.Redis, key: str, value: str) -> bool:
+    return bool(client.eval(_DELETE_IF_EQUAL, 1, key, value))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 
+from jobs.queues import DEFAULT_WORKERS
 from nextevent.config import (
     BASE_DIR,
     ConfigError,
@@ -48,6 +49,9 @@ INSTALLED_APPS = [
     "news",
     "wechat",
     "analytics",
+    # Development tools (fake WeChat, demo admin and jobs): management commands only; no
+    # production module imports it (an import-linter contract).
+    "devtools",
     "django_q",
     "django.contrib.admin",
     "django.contrib.auth",
@@ -108,7 +112,8 @@ REDIS = redis_config(env, embedded=EMBEDDED)
 # --- Job engine (jobs/) ---
 # Worker processes per queue. The seed's Asynq weights (critical 6, news 3, wechat 2,
 # analytics 1, default 1) become dedicated worker counts: django-q2 has one queue per cluster.
-_default_workers = {"critical": 6, "news": 3, "wechat": 2, "analytics": 1, "default": 1}
+# The queue list and the default counts live in jobs/queues.py (plain Python, no Django).
+_default_workers = dict(DEFAULT_WORKERS)
 if EMBEDDED:
     _default_workers = dict.fromkeys(_default_workers, 1)
 JOBS_QUEUES = {

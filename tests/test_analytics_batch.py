@@ -21,6 +21,8 @@ from jobs.models import Job, JobState
 from news.factories import NewsFactory
 from news.models import News
 from nextevent.redis import get_redis
+from analytics.jobs import analytics_enqueue_batch
+from jobs.maintenance import cleanup
 
 TOTAL_FIELDS = {"view": "view_count", "share": "share_count", "like": "like_count"}
 
@@ -267,7 +269,6 @@ def test_the_run_leaves_no_consumers_behind():
 
 @pytest.mark.django_db(transaction=True)
 def test_the_periodic_job_counts_the_buffer_through_the_engine():
-    from jobs.cron import analytics_enqueue_batch
     from jobs.worker import run_job
 
     news = NewsFactory()
@@ -294,7 +295,6 @@ def test_cleanup_deletes_raw_events_past_their_retention_and_keeps_counters(sett
 
 
 def test_the_daily_cleanup_task_runs_the_analytics_cleanup():
-    from jobs.cron import cleanup
 
     news = NewsFactory()
     record_events([{"news_id": news.pk, "event_type": "view"}] * 2)

@@ -6,7 +6,7 @@ import pytest
 from analytics import ingest
 from analytics.ingest import STREAM_KEY, EventError, record_event, record_events
 from jobs.models import Job, JobState
-from jobs.scheduler import enqueue_news_analytics
+from analytics.ingest import enqueue_news_analytics
 from nextevent.redis import get_redis
 
 

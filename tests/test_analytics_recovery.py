@@ -13,9 +13,9 @@ from django.db import connections, transaction
 from django.utils import timezone
 
 from analytics.ingest import STREAM_KEY, record_events
+from analytics.scheduling import NEWS_ANALYTICS
 from analytics.models import AppliedBatch, ApplyLock, DailyStat, RawEvent
 from analytics.services import GROUP, analytics_process_batch
-from jobs import types
 from jobs.models import Job, JobState
 from jobs.scheduler import enqueue
 from news.factories import NewsFactory
@@ -117,7 +117,7 @@ def test_a_qcluster_worker_killed_mid_batch_is_replaced_and_the_job_recounts_exa
     holder.start()
     try:
         assert locked.wait(10)
-        job_id = enqueue(types.NEWS_ANALYTICS, {"reason": "doomed"})
+        job_id = enqueue(NEWS_ANALYTICS, {"reason": "doomed"})
         wait_for(lambda: pending() == 500, 30, message="the worker to read its first chunk")
         job = Job.objects.get(pk=job_id)
         assert job.state == JobState.ACTIVE

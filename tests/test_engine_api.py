@@ -7,10 +7,12 @@ import pytest
 from django.db import transaction
 from django.utils import timezone
 
-from jobs import scheduler, services, types
+from jobs import scheduler, services
 from jobs.errors import PayloadError, UnknownJobType
 from jobs.models import Job, JobState
 from nextevent.redis import get_redis, queue_key
+from jobs.system import SYSTEM_NOOP
+from news.scheduling import NEWS_SCHEDULED_PUBLISHER, news_publish_key, schedule_news_publishing, unschedule_news_publishing
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -35,20 +37,20 @@ def test_an_unknown_job_type_is_refused_naming_it():
 ])
 def test_a_malformed_payload_is_refused_naming_the_field(payload, field):
     with pytest.raises(PayloadError) as err:
-        scheduler.enqueue(types.NEWS_SCHEDULED_PUBLISHER, payload)
+        scheduler.enqueue(NEWS_SCHEDULED_PUBLISHER, payload)
     assert err.value.field == field and str(err.value).startswith(f"{field}: ")
     assert Job.objects.count() == 0
 
 
 def test_enqueue_many_names_the_index_of_a_bad_payload():
     with pytest.raises(PayloadError, match=r"payloads\[1\]\.sleep"):
-        scheduler.enqueue_many(types.SYSTEM_NOOP, [{}, {"sleep": "long"}])
+        scheduler.enqueue_many(SYSTEM_NOOP, [{}, {"sleep": "long"}])
     assert Job.objects.count() == 0
 
 
 def test_a_job_due_now_is_pushed_only_when_the_transaction_commits():
     with transaction.atomic():
-        job_id = scheduler.enqueue(types.SYSTEM_NOOP, {})
+        job_id = scheduler.enqueue(SYSTEM_NOOP, {})
         assert depth("default") == 0
     assert depth("default") == 1
     job = Job.objects.get(pk=job_id)
@@ -58,13 +60,13 @@ def test_a_job_due_now_is_pushed_only_when_the_transaction_commits():
 def test_nothing_is_written_or_pushed_when_the_transaction_rolls_back():
     with pytest.raises(RuntimeError):
         with transaction.atomic():
-            scheduler.enqueue(types.SYSTEM_NOOP, {})
+            scheduler.enqueue(SYSTEM_NOOP, {})
             raise RuntimeError("caller failed")
     assert Job.objects.count() == 0 and depth("default") == 0
 
 
 def test_a_future_job_waits_in_the_ledger_not_in_redis():
-    job_id = scheduler.enqueue(types.SYSTEM_NOOP, {}, delay=60)
+    job_id = scheduler.enqueue(SYSTEM_NOOP, {}, delay=60)
     job = Job.objects.get(pk=job_id)
     assert job.state == JobState.SCHEDULED and depth("default") == 0
     assert timedelta(seconds=59) < job.run_at - timezone.now() <= timedelta(seconds=60)
@@ -73,41 +75,41 @@ def test_a_future_job_waits_in_the_ledger_not_in_redis():
 def test_one_live_publishing_job_per_news_item_rescheduling_moves_it():
     first = timezone.now() + timedelta(hours=1)
     second = first + timedelta(hours=2)
-    a = scheduler.schedule_news_publishing(41, first)
-    b = scheduler.schedule_news_publishing(41, second)
+    a = schedule_news_publishing(41, first)
+    b = schedule_news_publishing(41, second)
     assert a == b
     job = Job.objects.get(pk=a)
     assert job.run_at == second and job.payload["scheduled_at"] == second.isoformat()
-    assert Job.objects.filter(news_id=41).count() == 1
+    assert Job.objects.filter(subject="news:41").count() == 1
 
 
 def test_rescheduling_to_now_pushes_the_moved_job():
-    job_id = scheduler.schedule_news_publishing(42, timezone.now() + timedelta(hours=1))
+    job_id = schedule_news_publishing(42, timezone.now() + timedelta(hours=1))
     assert depth("news") == 0
-    assert scheduler.schedule_news_publishing(42, timezone.now()) == job_id
+    assert schedule_news_publishing(42, timezone.now()) == job_id
     assert Job.objects.get(pk=job_id).state == JobState.PENDING and depth("news") == 1
 
 
 def test_unscheduling_cancels_and_frees_the_key():
-    job_id = scheduler.schedule_news_publishing(43, timezone.now() + timedelta(hours=1))
-    assert scheduler.unschedule_news_publishing(43) is True
+    job_id = schedule_news_publishing(43, timezone.now() + timedelta(hours=1))
+    assert unschedule_news_publishing(43) is True
     job = Job.objects.get(pk=job_id)
     assert job.state == JobState.CANCELLED and job.live_key is None
-    assert scheduler.unschedule_news_publishing(43) is False
-    assert scheduler.schedule_news_publishing(43, timezone.now() + timedelta(hours=1)) != job_id
+    assert unschedule_news_publishing(43) is False
+    assert schedule_news_publishing(43, timezone.now() + timedelta(hours=1)) != job_id
 
 
 def test_a_running_job_gives_its_key_to_a_rescheduled_successor():
-    job_id = scheduler.schedule_news_publishing(44, timezone.now())
+    job_id = schedule_news_publishing(44, timezone.now())
     claimed = services.job_claim(job_id, worker="test:1")
-    new_id = scheduler.schedule_news_publishing(44, timezone.now() + timedelta(hours=1))
+    new_id = schedule_news_publishing(44, timezone.now() + timedelta(hours=1))
     assert new_id != job_id
     assert Job.objects.get(pk=job_id).live_key is None and claimed.state == JobState.ACTIVE
-    assert Job.objects.get(pk=new_id).live_key == scheduler.news_publish_key(44)
+    assert Job.objects.get(pk=new_id).live_key == news_publish_key(44)
 
 
 def test_a_claim_is_won_once():
-    job_id = scheduler.enqueue(types.SYSTEM_NOOP, {})
+    job_id = scheduler.enqueue(SYSTEM_NOOP, {})
     assert services.job_claim(job_id, worker="a:1") is not None
     assert services.job_claim(job_id, worker="b:2") is None
     job = Job.objects.get(pk=job_id)
@@ -119,7 +121,7 @@ def test_backoff_doubles_from_one_second_to_sixteen():
 
 
 def test_retry_now_revives_a_dead_job_with_attempts_reset():
-    job_id = scheduler.enqueue(types.SYSTEM_NOOP, {})
+    job_id = scheduler.enqueue(SYSTEM_NOOP, {})
     job = services.job_claim(job_id, worker="t:1")
     services.job_fail(job, error="boom", permanent=True)
     assert Job.objects.get(pk=job_id).state == JobState.DEAD
@@ -132,8 +134,8 @@ def test_retry_now_revives_a_dead_job_with_attempts_reset():
 
 
 def test_cancel_and_delete_leave_running_jobs_alone():
-    waiting = scheduler.enqueue(types.SYSTEM_NOOP, {}, delay=60)
-    running = scheduler.enqueue(types.SYSTEM_NOOP, {})
+    waiting = scheduler.enqueue(SYSTEM_NOOP, {}, delay=60)
+    running = scheduler.enqueue(SYSTEM_NOOP, {})
     services.job_claim(running, worker="t:1")
     assert services.jobs_cancel([waiting, running]) == 1
     assert services.jobs_delete([waiting, running]) == 1
@@ -142,4 +144,4 @@ def test_cancel_and_delete_leave_running_jobs_alone():
 
 def test_a_bad_timeout_override_is_refused():
     with pytest.raises(ValueError, match="timeout: must be whole seconds from 1 to 600"):
-        scheduler.enqueue(types.SYSTEM_NOOP, {}, timeout=0)
+        scheduler.enqueue(SYSTEM_NOOP, {}, timeout=0)

@@ -9,10 +9,12 @@ from datetime import datetime, timedelta
 import pytest
 from django.utils import timezone
 
-from jobs import broker, scheduler, types
+from jobs import broker, scheduler
 from jobs.models import Job, JobState
 from nextevent.redis import get_redis
 from tests.conftest import wait_for
+from jobs.system import SYSTEM_NOOP
+from news.scheduling import NEWS_SCHEDULED_PUBLISHER
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.cluster]
 
@@ -31,7 +33,7 @@ def runs(marker):
 
 def test_a_failing_job_is_retried_after_1_2_4_seconds_then_completes(start_cluster):
     start_cluster(queues=["default"])
-    job_id = scheduler.enqueue(types.SYSTEM_NOOP, {"fail_times": 3, "marker": "backoff"})
+    job_id = scheduler.enqueue(SYSTEM_NOOP, {"fail_times": 3, "marker": "backoff"})
     job = wait_finished(job_id)
     assert job.state == JobState.COMPLETED and job.attempts == 4
     started = [datetime.fromisoformat(e["at"]) for e in job.errors]  # failure times of attempts 1-3
@@ -44,7 +46,7 @@ def test_a_failing_job_is_retried_after_1_2_4_seconds_then_completes(start_clust
 
 def test_a_job_that_keeps_failing_is_dead_after_max_retries_with_its_traceback(start_cluster):
     start_cluster(queues=["default"])
-    job_id = scheduler.enqueue(types.SYSTEM_NOOP, {"fail_times": 99})
+    job_id = scheduler.enqueue(SYSTEM_NOOP, {"fail_times": 99})
     job = wait_finished(job_id)
     assert job.state == JobState.DEAD and job.attempts == 4  # 1 + 3 retries
     assert len(job.errors) == 4 and job.live_key is None
@@ -54,7 +56,7 @@ def test_a_job_that_keeps_failing_is_dead_after_max_retries_with_its_traceback(s
 
 def test_a_permanent_error_is_dead_at_once(start_cluster):
     start_cluster(queues=["default"])
-    job_id = scheduler.enqueue(types.SYSTEM_NOOP, {"fail_times": 1, "permanent": True})
+    job_id = scheduler.enqueue(SYSTEM_NOOP, {"fail_times": 1, "permanent": True})
     job = wait_finished(job_id)
     assert (job.state, job.attempts) == (JobState.DEAD, 1)
     assert "PermanentError: demo permanent failure" in job.last_error
@@ -62,7 +64,7 @@ def test_a_permanent_error_is_dead_at_once(start_cluster):
 
 def test_a_timeout_is_a_failed_attempt(start_cluster):
     start_cluster(queues=["default"])
-    job_id = scheduler.enqueue(types.SYSTEM_NOOP, {"sleep": 30, "marker": "slow"}, timeout=1)
+    job_id = scheduler.enqueue(SYSTEM_NOOP, {"sleep": 30, "marker": "slow"}, timeout=1)
     wait_for(lambda: Job.objects.filter(pk=job_id, attempts__gte=2).exists(), 30, 0.1, "a second attempt")
     job = Job.objects.get(pk=job_id)
     assert job.errors[0]["attempt"] == 1 and job.errors[0]["error"].startswith("timeout:")
@@ -71,7 +73,7 @@ def test_a_timeout_is_a_failed_attempt(start_cluster):
 def test_a_malformed_job_that_reaches_a_worker_goes_dead_at_once(start_cluster):
     start_cluster(queues=["news"])
     now = timezone.now()
-    bad = Job.objects.create(job_type=types.NEWS_SCHEDULED_PUBLISHER, queue="news", payload={"news_id": "x"},
+    bad = Job.objects.create(job_type=NEWS_SCHEDULED_PUBLISHER, queue="news", payload={"news_id": "x"},
                              state=JobState.PENDING, timeout=60, run_at=now, dispatched_at=now)
     unknown = Job.objects.create(job_type="news:gone", queue="news", payload={}, state=JobState.PENDING,
                                  timeout=60, run_at=now, dispatched_at=now)
@@ -85,7 +87,7 @@ def test_a_malformed_job_that_reaches_a_worker_goes_dead_at_once(start_cluster):
 def test_jobs_run_no_earlier_than_run_at_and_soon_after(start_cluster):
     start_cluster(queues=["default"])
     run_at = timezone.now() + timedelta(seconds=2)
-    ids = scheduler.enqueue_many(types.SYSTEM_NOOP, [{}] * 20, run_at=run_at)
+    ids = scheduler.enqueue_many(SYSTEM_NOOP, [{}] * 20, run_at=run_at)
     for job_id in ids:
         job = wait_finished(job_id)
         assert job.state == JobState.COMPLETED
@@ -95,7 +97,7 @@ def test_jobs_run_no_earlier_than_run_at_and_soon_after(start_cluster):
 
 def test_a_sigkilled_worker_s_job_runs_again_within_30_seconds(start_cluster):
     cluster = start_cluster(queues=["default"])
-    job_id = scheduler.enqueue(types.SYSTEM_NOOP, {"sleep": 3, "fail_times": 0, "marker": "kill"})
+    job_id = scheduler.enqueue(SYSTEM_NOOP, {"sleep": 3, "fail_times": 0, "marker": "kill"})
     job = wait_for(lambda: Job.objects.filter(pk=job_id, state=JobState.ACTIVE).first(), 20, 0.05, "active")
     pid = int(job.worker.rsplit(":", 1)[1])
     assert pid in cluster.worker_pids()
@@ -110,7 +112,7 @@ def test_a_sigkilled_worker_s_job_runs_again_within_30_seconds(start_cluster):
 
 def test_pending_jobs_survive_redis_losing_its_lists(start_cluster):
     # No cluster yet: the wake-ups sit in Redis; then Redis loses everything.
-    ids = scheduler.enqueue_many(types.SYSTEM_NOOP, [{"marker": "flush"}] * 10)
+    ids = scheduler.enqueue_many(SYSTEM_NOOP, [{"marker": "flush"}] * 10)
     assert broker.queue_depth("default") == 10
     get_redis().flushdb()  # FLUSHALL scoped to this test's database
     start_cluster(queues=["default"], env={"JOBS_REPUSH_AFTER": "2"})
@@ -122,7 +124,7 @@ def test_pending_jobs_survive_redis_losing_its_lists(start_cluster):
 def test_two_clusters_never_run_one_job_twice(start_cluster):
     start_cluster(queues=["default"])
     start_cluster(queues=["default"])
-    ids = scheduler.enqueue_many(types.SYSTEM_NOOP, [{"marker": "two"}] * 200)
+    ids = scheduler.enqueue_many(SYSTEM_NOOP, [{"marker": "two"}] * 200)
     # Duplicate every wake-up: both clusters now see each job twice.
     broker.push([(i, "default", 60) for i in ids])
     wait_for(lambda: Job.objects.filter(pk__in=ids, state=JobState.COMPLETED).count() == 200, 60, 0.2,
@@ -135,7 +137,7 @@ def test_two_clusters_never_run_one_job_twice(start_cluster):
 
 def test_sigterm_to_the_process_group_lets_running_jobs_finish(start_cluster):
     cluster = start_cluster(queues=["default"])
-    job_id = scheduler.enqueue(types.SYSTEM_NOOP, {"sleep": 3})
+    job_id = scheduler.enqueue(SYSTEM_NOOP, {"sleep": 3})
     wait_for(lambda: Job.objects.filter(pk=job_id, state=JobState.ACTIVE).exists(), 20, 0.05, "active")
     t0 = time.monotonic()
     assert cluster.stop(signal.SIGTERM, group=True, timeout=30) == 0
@@ -146,7 +148,7 @@ def test_sigterm_to_the_process_group_lets_running_jobs_finish(start_cluster):
 
 def test_a_job_longer_than_the_grace_period_is_released_and_runs_again_later(start_cluster):
     cluster = start_cluster(queues=["default"], env={"JOBS_SHUTDOWN_GRACE": "2"})
-    job_id = scheduler.enqueue(types.SYSTEM_NOOP, {"sleep": 20, "marker": "grace"})
+    job_id = scheduler.enqueue(SYSTEM_NOOP, {"sleep": 20, "marker": "grace"})
     wait_for(lambda: Job.objects.filter(pk=job_id, state=JobState.ACTIVE).exists(), 20, 0.05, "active")
     assert cluster.stop(signal.SIGINT, group=True, timeout=30) == 0
     job = Job.objects.get(pk=job_id)

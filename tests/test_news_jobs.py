@@ -13,21 +13,20 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from jobs import broker, services
-from jobs.cron import news_archive_sweep, news_publish_sweep
-from jobs.handlers import handle_news_scheduled_publisher
 from jobs.models import Job, JobState
-from jobs.types import NEWS_EXPIRATION, NEWS_SCHEDULED_PUBLISHER, NewsPublishPayload
 from jobs.worker import run_job
 from news.factories import NewsFactory, PublishedNewsFactory, ScheduledNewsFactory
 from news.models import News, NewsStatus
 from news.services import news_publish
 from tests.conftest import run_concurrently
+from news.jobs import handle_news_scheduled_publisher, news_archive_sweep, news_publish_sweep
+from news.scheduling import NEWS_EXPIRATION, NEWS_SCHEDULED_PUBLISHER, NewsPublishPayload
 
 PUBLISH, EXPIRE = NEWS_SCHEDULED_PUBLISHER, NEWS_EXPIRATION
 
 
 def jobs_of(news_id: int, job_type: str) -> list[Job]:
-    return list(Job.objects.filter(news_id=news_id, job_type=job_type).order_by("pk"))
+    return list(Job.objects.filter(subject=f"news:{news_id}", job_type=job_type).order_by("pk"))
 
 
 def live_job(news_id: int, job_type: str) -> Job | None:
@@ -251,20 +250,28 @@ def test_the_publishing_job_publishes_a_due_item():
 
 
 @pytest.mark.django_db
-def test_the_publish_hooks_run_once_for_a_scheduled_publish_and_never_for_a_stale_job(monkeypatch):
-    # The WeChat app registers here to create its `wechat:draft_creation` job.
-    import news.services
+def test_the_publish_hooks_run_once_for_a_scheduled_publish_and_never_for_a_stale_job():
+    # The WeChat app connects to this signal to create its `wechat:draft_creation` job.
+    from news.signals import news_published
 
     seen = []
-    monkeypatch.setattr(news.services, "_publish_hooks", [*news.services._publish_hooks, seen.append])
-    news = ScheduledNewsFactory(scheduled_at=earlier(seconds=1))
-    job = live_job(news.pk, PUBLISH)
-    duplicate = Job.objects.create(job_type=PUBLISH, queue="news", payload=job.payload, state=JobState.SCHEDULED,
-                                   timeout=60, run_at=timezone.now(), news_id=news.pk)
 
-    assert run_now(job).result == "published"
-    assert run_now(duplicate).result == "news item is published, not scheduled"
-    assert seen == [news.pk]
+    def receiver(sender, *, news_id, **kwargs):
+        seen.append(news_id)
+
+    news_published.connect(receiver)
+    try:
+        news = ScheduledNewsFactory(scheduled_at=earlier(seconds=1))
+        job = live_job(news.pk, PUBLISH)
+        duplicate = Job.objects.create(job_type=PUBLISH, queue="news", payload=job.payload,
+                                       state=JobState.SCHEDULED, timeout=60, run_at=timezone.now(),
+                                       subject=f"news:{news.pk}")
+
+        assert run_now(job).result == "published"
+        assert run_now(duplicate).result == "news item is published, not scheduled"
+        assert seen == [news.pk]
+    finally:
+        news_published.disconnect(receiver)
 
 
 def _stale(news: News, make_stale) -> tuple[Job, News]:
@@ -277,7 +284,7 @@ def _stale(news: News, make_stale) -> tuple[Job, News]:
 def test_a_job_for_an_item_rescheduled_behind_the_signals_back_completes_without_publishing(caplog):
     news = ScheduledNewsFactory(scheduled_at=earlier(seconds=1))
     new_at = later(hours=1)
-    with caplog.at_level(logging.INFO, logger="jobs.handlers"):
+    with caplog.at_level(logging.INFO, logger="news.jobs"):
         job, after = _stale(news, lambda n: News.objects.filter(pk=n.pk).update(scheduled_at=new_at))
     assert job.state == JobState.COMPLETED
     assert job.result == f"news item was rescheduled to {new_at.isoformat()}"
@@ -347,7 +354,7 @@ def test_the_expiration_job_archives_a_published_expired_item_once():
 
     # Run again (at least once delivery: a duplicate job for the same item).
     dup = Job.objects.create(job_type=EXPIRE, queue="news", payload=job.payload, state=JobState.SCHEDULED,
-                             timeout=60, run_at=timezone.now(), news_id=news.pk)
+                             timeout=60, run_at=timezone.now(), subject=f"news:{news.pk}")
     dup = run_now(dup)
     assert dup.state == JobState.COMPLETED and dup.result == "news item is archived, not published"
     assert News.objects.get(pk=news.pk).archived_at == archived_at

@@ -1,7 +1,10 @@
 """News status changes: idempotent, guarded, and race-free."""
 
 
+from datetime import timedelta
+
 import pytest
+from django.utils import timezone
 
 from news.models import News, NewsStatus
 from news.factories import NewsFactory, PublishedNewsFactory, ScheduledNewsFactory
@@ -49,3 +52,30 @@ def test_two_concurrent_publishers_cannot_both_win():
     assert errors == []
     assert sorted(results) == [False] * 7 + [True]
     assert News.objects.get(pk=news.pk).status == NewsStatus.PUBLISHED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_news_save_writes_the_item_and_its_jobs_in_one_transaction():
+    from django.db.models.signals import post_save
+
+    from jobs.models import Job
+    from news.models import News, NewsStatus
+    from news.services import news_save
+
+    def fail_after_the_jobs(sender, instance, **kwargs):
+        raise RuntimeError("crash after the jobs were written")
+
+    # Connected after the project's receiver, so the publishing job is written first.
+    post_save.connect(fail_after_the_jobs, sender=News, dispatch_uid="test_fail_after_the_jobs")
+    try:
+        item = News(title="t", content="c", status=NewsStatus.SCHEDULED,
+                    scheduled_at=timezone.now() + timedelta(hours=1))
+        with pytest.raises(RuntimeError):
+            news_save(news=item)
+    finally:
+        post_save.disconnect(sender=News, dispatch_uid="test_fail_after_the_jobs")
+    assert not News.objects.exists() and not Job.objects.exists()
+
+    news_save(news=News(title="t", content="c", status=NewsStatus.SCHEDULED,
+                        scheduled_at=timezone.now() + timedelta(hours=1)))
+    assert News.objects.count() == 1 and Job.objects.filter(job_type="news:scheduled_publisher").count() == 1

@@ -14,11 +14,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from django.db import connection
 
-from jobs import cron, monitoring_alerts
+from jobs.monitoring import alerts as monitoring_alerts
 from jobs.models import Heartbeat, JobState
 from nextevent.redis import get_redis
 from tests.conftest import ROOT
 from tests.ops_support import make_job
+from jobs.health import health_check, queue_health
+from jobs.system import SYSTEM_PERIODIC
 
 SECRET_PATH = "T0KEN-in-path-123"
 SECRET_QUERY = "sig-in-query-456"
@@ -72,17 +74,19 @@ def assert_no_secret_logged(caplog):
 
 
 def test_the_alert_hook_is_registered_with_the_health_check():
-    assert monitoring_alerts.alert_on_health_check in cron._health_hooks
+    from jobs.health import health_checked
+
+    assert monitoring_alerts.alert_on_health_check in [entry[1]() for entry in health_checked.receivers]
 
 
 @pytest.mark.django_db
 def test_it_posts_a_dead_jobs_alert_once_while_the_condition_holds(receiver, caplog):
     caplog.set_level(logging.DEBUG, logger="jobs")
-    older = make_job(state=JobState.DEAD, queue="news", job_type="news:expiration", ago=300, news_id=5)
-    newer = make_job(state=JobState.DEAD, queue="news", job_type="news:expiration", ago=60, news_id=6)
+    older = make_job(state=JobState.DEAD, queue="news", job_type="news:expiration", ago=300, subject="news:5")
+    newer = make_job(state=JobState.DEAD, queue="news", job_type="news:expiration", ago=60, subject="news:6")
 
     for _ in range(3):
-        cron.health_check()
+        health_check()
 
     assert len(receiver.posts) == 1
     post = receiver.posts[0]
@@ -92,10 +96,10 @@ def test_it_posts_a_dead_jobs_alert_once_while_the_condition_holds(receiver, cap
     assert alert["alert"] == "dead_jobs" and alert["key"] == "dead_jobs:news" and alert["queue"] == "news"
     assert alert["severity"] == "error" and alert["value"] == 2 and alert["threshold"] == 0
     assert [j["id"] for j in alert["jobs"]] == [newer.pk, older.pk]
-    assert alert["jobs"][0]["error"] == "RuntimeError: boom" and alert["jobs"][0]["news_id"] == 6
+    assert alert["jobs"][0]["error"] == "RuntimeError: boom" and alert["jobs"][0]["subject"] == "news:6"
     assert alert["text"] == "[nextevent] queue news: 2 dead job(s)"
 
-    errors = [r for r in caplog.records if r.levelno == logging.ERROR and r.name == "jobs.monitoring_alerts"]
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR and r.name == "jobs.monitoring.alerts"]
     assert [r.getMessage() for r in errors] == ["ALERT dead_jobs:news: queue news: 2 dead job(s)"]
     assert errors[0].fields["job_ids"] == [newer.pk, older.pk]
     assert_no_secret_logged(caplog)
@@ -104,7 +108,7 @@ def test_it_posts_a_dead_jobs_alert_once_while_the_condition_holds(receiver, cap
     key = "nextevent:alert:dead_jobs:news"
     assert 1790 <= get_redis().ttl(key) <= 1800
     get_redis().delete(key)
-    cron.health_check()
+    health_check()
     assert len(receiver.posts) == 2
 
 
@@ -112,11 +116,11 @@ def test_it_posts_a_dead_jobs_alert_once_while_the_condition_holds(receiver, cap
 def test_it_alerts_when_a_queues_oldest_pending_job_is_too_old(receiver, settings):
     settings.JOBS_ALERT_PENDING_AGE = 60
     make_job(state=JobState.PENDING, queue="default", ago=30)
-    cron.health_check()
+    health_check()
     assert receiver.posts == []
 
     stuck = make_job(state=JobState.PENDING, queue="default", ago=95)
-    cron.health_check()
+    health_check()
     assert len(receiver.posts) == 1
     alert = receiver.posts[0]["body"]
     assert alert["key"] == "pending_age:default" and alert["threshold"] == 60
@@ -130,7 +134,7 @@ def test_a_failing_webhook_never_breaks_the_health_check_and_is_tried_again(rece
     make_job(state=JobState.DEAD, queue="wechat", job_type="wechat:publishing")
     receiver.status = 500
 
-    result = cron.health_check()
+    result = health_check()
     assert "queue wechat: 1 dead job(s)" in result
     assert Heartbeat.objects.filter(name="health").exists()
     assert len(receiver.posts) == 1
@@ -139,8 +143,8 @@ def test_a_failing_webhook_never_breaks_the_health_check_and_is_tried_again(rece
 
     # Not delivered: the condition was given back, so the next check posts it again.
     receiver.status = 200
-    cron.health_check()
-    cron.health_check()
+    health_check()
+    health_check()
     assert len(receiver.posts) == 2
     assert_no_secret_logged(caplog)
 
@@ -153,7 +157,7 @@ def test_a_silent_webhook_is_cut_off_by_the_timeout(receiver, settings, caplog):
     make_job(state=JobState.DEAD, queue="news", job_type="news:expiration")
 
     started = time.monotonic()
-    cron.health_check()
+    health_check()
     assert time.monotonic() - started < 2.5
     assert any(r.getMessage().endswith("failed: ReadTimeout") for r in caplog.records)
     assert_no_secret_logged(caplog)
@@ -163,9 +167,9 @@ def test_a_silent_webhook_is_cut_off_by_the_timeout(receiver, settings, caplog):
 def test_without_a_webhook_it_only_logs_at_error_level(settings, caplog):
     settings.ALERT_WEBHOOK_URL = ""
     make_job(state=JobState.DEAD, queue="analytics", job_type="news:analytics")
-    assert monitoring_alerts.alert_on_health_check({"queues": cron.queue_health()}) == ["logged"]
+    assert monitoring_alerts.alert_on_health_check({"queues": queue_health()}) == ["logged"]
     assert any(r.levelno == logging.ERROR and "ALERT dead_jobs:analytics" in r.getMessage() for r in caplog.records)
-    assert monitoring_alerts.alert_on_health_check({"queues": cron.queue_health()}) == ["suppressed"]
+    assert monitoring_alerts.alert_on_health_check({"queues": queue_health()}) == ["suppressed"]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -173,7 +177,7 @@ def test_several_processes_checking_at_once_post_a_condition_once(receiver):
     make_job(state=JobState.DEAD, queue="default")
     env = {**os.environ, "DB_NAME": connection.settings_dict["NAME"], "ALERT_WEBHOOK_URL": receiver.url,
            "LOG_FORMAT": "json"}
-    script = "from jobs.cron import health_check; print(health_check())"
+    script = "from jobs.health import health_check; print(health_check())"
     procs = [subprocess.Popen([sys.executable, str(ROOT / "manage.py"), "shell", "-c", script], cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
     outputs = [p.communicate(timeout=60) for p in procs]
@@ -193,14 +197,14 @@ def test_several_processes_checking_at_once_post_a_condition_once(receiver):
 def test_the_health_check_run_by_a_worker_posts_the_alert(receiver, start_cluster):
     from django.utils import timezone
 
-    from jobs import scheduler, types
+    from jobs import scheduler
     from tests.conftest import wait_for
 
     make_job(state=JobState.DEAD, queue="news", job_type="news:expiration")
     start_cluster(queues=["critical"], env={"ALERT_WEBHOOK_URL": receiver.url})
     # The slot the dispatcher fires every 30 s, fired now.
-    scheduler.enqueue(types.SYSTEM_PERIODIC, {"schedule_id": 0, "name": "health_check",
-                                              "func": "jobs.cron.health_check", "slot": timezone.now()})
+    scheduler.enqueue(SYSTEM_PERIODIC, {"schedule_id": 0, "name": "health_check",
+                                              "func": "jobs.health.health_check", "slot": timezone.now()})
     wait_for(lambda: receiver.posts, 30, message="the worker's health check to post the alert")
     assert [p["body"]["key"] for p in receiver.posts] == ["dead_jobs:news"]
     assert Heartbeat.objects.get(name="health").details["queues"]["news"]["dead"] == 1

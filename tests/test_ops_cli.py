@@ -68,20 +68,20 @@ def test_stats_marks_a_paused_queue(capsys):
 # ---------------------------------------------------------------- list
 
 
-def test_list_filters_by_queue_state_type_and_news_newest_first(capsys):
-    old = make_job(state=JobState.DEAD, queue="news", job_type="news:expiration", news_id=7)
-    new = make_job(state=JobState.DEAD, queue="news", job_type="news:expiration", news_id=7)
-    make_job(state=JobState.DEAD, queue="news", job_type="news:scheduled_publisher", news_id=7)
-    make_job(state=JobState.COMPLETED, queue="news", job_type="news:expiration", news_id=7)
-    make_job(state=JobState.DEAD, queue="news", job_type="news:expiration", news_id=8)
+def test_list_filters_by_queue_state_type_and_subject_newest_first(capsys):
+    old = make_job(state=JobState.DEAD, queue="news", job_type="news:expiration", subject="news:7")
+    new = make_job(state=JobState.DEAD, queue="news", job_type="news:expiration", subject="news:7")
+    make_job(state=JobState.DEAD, queue="news", job_type="news:scheduled_publisher", subject="news:7")
+    make_job(state=JobState.COMPLETED, queue="news", job_type="news:expiration", subject="news:7")
+    make_job(state=JobState.DEAD, queue="news", job_type="news:expiration", subject="news:8")
 
     code, rows, _ = run_json(capsys, "list", "--queue", "news", "--state", "dead", "--type", "news:expiration",
-                             "--news", "7")
+                             "--subject", "news:7")
     assert code == 0
     assert [r["id"] for r in rows] == [new.pk, old.pk]
-    assert rows[0]["last_error"] == "RuntimeError: boom" and rows[0]["news_id"] == 7
+    assert rows[0]["last_error"] == "RuntimeError: boom" and rows[0]["subject"] == "news:7"
 
-    code, out, _ = run(capsys, "list", "--news", "7", "--limit", "2")
+    code, out, _ = run(capsys, "list", "--subject", "news:7", "--limit", "2")
     assert code == 0
     lines = out.strip().splitlines()
     assert lines[0].split()[:4] == ["ID", "TYPE", "QUEUE", "STATE"]
@@ -120,7 +120,7 @@ def test_usage_errors_exit_2(capsys, args):
 
 
 def test_show_prints_payload_attempts_and_every_error_with_its_traceback(capsys):
-    job = make_job(state=JobState.DEAD, queue="news", job_type="news:expiration", news_id=42, attempts=2,
+    job = make_job(state=JobState.DEAD, queue="news", job_type="news:expiration", subject="news:42", attempts=2,
                    payload={"news_id": 42, "expires_at": "2030-01-01T00:00:00+00:00"},
                    errors=[{"attempt": 1, "at": "2030-01-01T00:00:01+00:00", "worker": "h:1",
                             "error": "TimeoutError: first", "traceback": "Traceback A\n  line a"},

@@ -59,7 +59,7 @@ def seed_ledger():
     for days_ago in range(1, 7):
         for _ in range(days_ago):
             make_job(state=JobState.COMPLETED, queue="default", ago=days_ago * 86400 + 3600)
-    dead = [make_job(state=JobState.DEAD, queue="wechat", job_type="wechat:publishing", ago=ago, news_id=77,
+    dead = [make_job(state=JobState.DEAD, queue="wechat", job_type="wechat:publishing", ago=ago, subject="news:77",
                      last_error="WechatError: 45009 api freq out of limit")
             for ago in (5400, 600)]
     make_job(state=JobState.PENDING, queue="default", ago=42)

@@ -7,14 +7,15 @@ import logging
 
 import pytest
 
-from jobs import scheduler, types
+from jobs import scheduler
 from jobs.models import Job, JobState
 from jobs.worker import run_job
 from nextevent.logs import JsonFormatter
+from jobs.system import SYSTEM_NOOP
 
 pytestmark = pytest.mark.django_db
 
-KEYS = {"ts", "level", "logger", "msg", "event", "job_id", "job_type", "queue", "attempt", "news_id"}
+KEYS = {"ts", "level", "logger", "msg", "event", "job_id", "job_type", "queue", "attempt", "subject"}
 
 
 def json_lines(caplog, job_id):
@@ -31,7 +32,7 @@ def run_again(job_id):
 
 def test_a_job_that_fails_once_then_completes_logs_every_event_as_a_json_line(caplog):
     caplog.set_level(logging.INFO, logger="jobs.events")
-    job_id = scheduler.enqueue(types.SYSTEM_NOOP, {"fail_times": 1})
+    job_id = scheduler.enqueue(SYSTEM_NOOP, {"fail_times": 1})
     assert run_job(job_id) == "failed"
     assert run_again(job_id) == "completed"
 
@@ -39,7 +40,7 @@ def test_a_job_that_fails_once_then_completes_logs_every_event_as_a_json_line(ca
     assert [line["event"] for line in lines] == ["enqueued", "started", "retried", "started", "completed"]
     for line in lines:
         assert KEYS <= set(line), line
-        assert line["job_type"] == "system:noop" and line["queue"] == "default" and line["news_id"] is None
+        assert line["job_type"] == "system:noop" and line["queue"] == "default" and line["subject"] is None
         assert line["logger"] == "jobs.events"
     enqueued, started, retried, started_again, completed = lines
     assert [started["attempt"], retried["attempt"], started_again["attempt"], completed["attempt"]] == [1, 1, 2, 2]
@@ -49,24 +50,24 @@ def test_a_job_that_fails_once_then_completes_logs_every_event_as_a_json_line(ca
     assert isinstance(started["lateness_ms"], int)
 
 
-def test_a_dead_job_logs_an_error_line_with_its_news_id_and_duration(caplog):
+def test_a_dead_job_logs_an_error_line_with_its_subject_and_duration(caplog):
     from news.factories import NewsFactory
 
     caplog.set_level(logging.INFO, logger="jobs.events")
     news = NewsFactory()
-    job_id = scheduler.enqueue(types.SYSTEM_NOOP, {"fail_times": 1, "permanent": True})
-    Job.objects.filter(pk=job_id).update(news_id=news.pk)
+    job_id = scheduler.enqueue(SYSTEM_NOOP, {"fail_times": 1, "permanent": True})
+    Job.objects.filter(pk=job_id).update(subject=f"news:{news.pk}")
     assert run_job(job_id) == "dead"
 
     dead = [line for line in json_lines(caplog, job_id) if line["event"] == "dead"]
     assert len(dead) == 1
-    assert dead[0]["level"] == "error" and dead[0]["news_id"] == news.pk and dead[0]["attempt"] == 1
+    assert dead[0]["level"] == "error" and dead[0]["subject"] == f"news:{news.pk}" and dead[0]["attempt"] == 1
     assert dead[0]["permanent"] is True and isinstance(dead[0]["duration_ms"], int)
 
 
 def test_the_plain_format_reads_as_key_value_text(caplog):
     caplog.set_level(logging.INFO, logger="jobs.events")
-    job_id = scheduler.enqueue(types.SYSTEM_NOOP, {})
+    job_id = scheduler.enqueue(SYSTEM_NOOP, {})
     run_job(job_id)
     plain = logging.Formatter("%(levelname)s %(name)s %(message)s")
     text = [plain.format(r) for r in caplog.records if r.name == "jobs.events"]

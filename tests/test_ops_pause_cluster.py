@@ -5,11 +5,12 @@ import time
 
 import pytest
 
-from jobs import broker, scheduler, types
+from jobs import broker, scheduler
 from jobs.models import Job, JobState
 from nextevent.redis import get_redis
 from tests.conftest import wait_for
 from tests.ops_support import make_job, run_jobs_command
+from jobs.system import SYSTEM_NOOP
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.cluster]
 
@@ -24,7 +25,7 @@ def test_a_paused_queue_holds_its_jobs_and_runs_them_after_resume(start_cluster)
     time.sleep(1.5)  # every process re-reads the pause list at least once a second
 
     # Enqueued while paused: recorded, not handed to the workers.
-    held = scheduler.enqueue(types.SYSTEM_NOOP, {"marker": "held"})
+    held = scheduler.enqueue(SYSTEM_NOOP, {"marker": "held"})
     # Handed to Redis just before the pause took effect: the worker must put it back.
     in_flight = make_job(state=JobState.PENDING, ago=0, payload={"marker": "in-flight"})
     broker.push([(in_flight.pk, "default", 60)])

@@ -16,38 +16,37 @@ from django.utils import timezone
 from django_q.models import Schedule, Task
 
 from jobs import broker
-from jobs.cron import (
-    PERIODIC_TABLE,
-    analytics_enqueue_batch,
-    cleanup,
-    delete_in_batches,
-    first_slot,
-    health_check,
-    sync_periodic_table,
-)
 from jobs.dispatcher import fire_schedules
 from jobs.liveness import publish_cluster_heartbeat
 from jobs.models import Heartbeat, Job, JobState
-from jobs.types import NEWS_ANALYTICS, QUEUES, SYSTEM_PERIODIC
+from jobs.worker import run_job
 from tests.conftest import run_concurrently
+from analytics.jobs import analytics_enqueue_batch
+from analytics.scheduling import NEWS_ANALYTICS
+from jobs.health import health_check
+from jobs.maintenance import cleanup, delete_in_batches
+from jobs.periodic import first_slot, sync_periodic_table
+from jobs.queues import QUEUES
+from jobs.registry import periodic_table
+from jobs.system import SYSTEM_PERIODIC
 
 EXPECTED_TABLE = {
     # name: (cron, queue, func)
-    "news_publish_sweep": ("* * * * *", "news", "jobs.cron.news_publish_sweep"),
-    "news_archive_sweep": ("0 * * * *", "news", "jobs.cron.news_archive_sweep"),
-    "analytics_batch": ("*/5 * * * *", "analytics", "jobs.cron.analytics_enqueue_batch"),
-    "health_check": ("* * * * * */30", "critical", "jobs.cron.health_check"),
-    "cleanup": ("0 2 * * *", "default", "jobs.cron.cleanup"),
+    "news_publish_sweep": ("* * * * *", "news", "news.jobs.news_publish_sweep"),
+    "news_archive_sweep": ("0 * * * *", "news", "news.jobs.news_archive_sweep"),
+    "analytics_batch": ("*/5 * * * *", "analytics", "analytics.jobs.analytics_enqueue_batch"),
+    "health_check": ("* * * * * */30", "critical", "jobs.health.health_check"),
+    "cleanup": ("0 2 * * *", "default", "jobs.maintenance.cleanup"),
 }
 
 
-def schedule(name, *, cron="0 * * * *", next_run=None, func="jobs.cron.health_check", cluster="critical",
+def schedule(name, *, cron="0 * * * *", next_run=None, func="jobs.health.health_check", cluster="critical",
              **fields) -> Schedule:
     fields.setdefault("schedule_type", Schedule.CRON)
     repeats = fields.pop("repeats", -1)
     # Created as a valid hourly row, then changed as an edit in the admin would (django-q2's
     # save() computes next_run of a new cron row itself).
-    row = Schedule.objects.create(name=name, func="jobs.cron.health_check", schedule_type=Schedule.CRON,
+    row = Schedule.objects.create(name=name, func="jobs.health.health_check", schedule_type=Schedule.CRON,
                                   cron="0 * * * *", repeats=repeats)
     Schedule.objects.filter(pk=row.pk).update(func=func, cron=cron, cluster=cluster,
                                               next_run=next_run or timezone.now(), **fields)
@@ -74,7 +73,7 @@ def test_sync_creates_the_periodic_table_once_with_its_timings_and_queues():
 
     rows = {s.name: s for s in Schedule.objects.all()}
     assert {n: (r.cron, r.cluster, r.func) for n, r in rows.items()} == EXPECTED_TABLE
-    assert {e.name for e in PERIODIC_TABLE} == set(EXPECTED_TABLE) and len(changes) == 5
+    assert {e.name for e in periodic_table()} == set(EXPECTED_TABLE) and len(changes) == 5
     for row in rows.values():
         assert row.schedule_type == Schedule.CRON and row.repeats == -1
         assert now < row.next_run
@@ -101,7 +100,7 @@ def test_sync_keeps_an_admins_timing_but_puts_back_func_and_queue_and_removes_du
 
     row.refresh_from_db()
     assert (row.cron, row.next_run) == ("30 */2 * * *", admin_next)  # the admin's timing survives
-    assert (row.func, row.cluster) == ("jobs.cron.news_archive_sweep", "news")
+    assert (row.func, row.cluster) == ("news.jobs.news_archive_sweep", "news")
     assert Schedule.objects.filter(name="health_check").count() == 1
     assert Schedule.objects.get(name="health_check").cron == "* * * * * */30"
     assert "news_archive_sweep: updated cluster, func" in changes
@@ -140,7 +139,7 @@ def test_qclusters_starting_together_sync_the_table_once():
 def test_a_due_slot_becomes_one_ledger_job_on_the_schedules_queue_and_next_run_advances():
     now = timezone.now()
     slot = slot_floor(now)
-    s = schedule("every-30s", cron="* * * * * */30", next_run=slot, func="jobs.cron.health_check",
+    s = schedule("every-30s", cron="* * * * * */30", next_run=slot, func="jobs.health.health_check",
                  cluster="critical", kwargs="{}")
 
     assert fire_schedules(now=now) == 1
@@ -148,7 +147,7 @@ def test_a_due_slot_becomes_one_ledger_job_on_the_schedules_queue_and_next_run_a
 
     [job] = fired(s)
     assert job.queue == "critical" and job.state == JobState.PENDING
-    assert job.payload == {"schedule_id": s.pk, "name": "every-30s", "func": "jobs.cron.health_check",
+    assert job.payload == {"schedule_id": s.pk, "name": "every-30s", "func": "jobs.health.health_check",
                            "slot": slot.isoformat(), "args": "", "kwargs": "{}"}
     assert job.unique_key == f"schedule:{s.pk}:{int(slot.timestamp())}"
     s.refresh_from_db()
@@ -193,7 +192,6 @@ def test_a_broken_schedule_neither_refires_the_others_nor_stops_its_own_next_run
     now = timezone.now()
     good_first = schedule("good-first", next_run=now - timedelta(seconds=9))
     broken = [
-        schedule("no-such-func", func="jobs.cron.no_such_function", next_run=now - timedelta(seconds=8)),
         schedule("bad-args", args="(1,", next_run=now - timedelta(seconds=7)),
         schedule("bad-kwargs", kwargs="[1, 2]", next_run=now - timedelta(seconds=6)),
         # The admin accepts an empty cron (the validator skips blank values).
@@ -215,6 +213,24 @@ def test_a_broken_schedule_neither_refires_the_others_nor_stops_its_own_next_run
     for row in (good_first, good_last):
         row.refresh_from_db()
         assert row.next_run > now
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("func", ["os.system", "news.jobs.no_such_function", "news.services.news_publish"])
+def test_a_schedule_naming_anything_but_a_declared_periodic_task_goes_dead_and_runs_nothing(func, tmp_path, caplog):
+    # An admin who can edit Schedule rows must not be able to run arbitrary code.
+    marker = tmp_path / "ran"
+    row = schedule("rogue", func=func, args=repr(f"touch {marker}"), next_run=timezone.now() - timedelta(seconds=1))
+
+    with caplog.at_level(logging.ERROR):
+        assert fire_schedules() == 1
+        (job,) = fired(row)
+        assert run_job(job.pk) == "dead"
+
+    job.refresh_from_db()
+    assert job.state == JobState.DEAD and "is not a declared periodic task" in job.last_error
+    assert not marker.exists()
+    assert f"schedule 'rogue' names {func!r}, which is not a declared periodic task" in caplog.text
 
 
 @pytest.mark.django_db(transaction=True)
@@ -249,7 +265,7 @@ def test_the_health_check_records_every_queue_in_the_health_heartbeat(caplog):
                        run_at=now, finished_at=now)
     publish_cluster_heartbeat("critical")  # as the critical cluster does every second
 
-    with caplog.at_level(logging.WARNING, logger="jobs.cron"):
+    with caplog.at_level(logging.WARNING, logger="jobs.health"):
         result = health_check()
 
     beat = Heartbeat.objects.get(name="health")
@@ -272,12 +288,9 @@ def test_the_health_check_records_every_queue_in_the_health_heartbeat(caplog):
 
 
 @pytest.mark.django_db
-def test_the_health_check_reports_redis_down(monkeypatch):
-    import redis
-
-    import nextevent.redis
-
-    monkeypatch.setattr(nextevent.redis, "get_redis", lambda: redis.Redis(port=1, socket_connect_timeout=0.5))
+def test_the_health_check_reports_redis_down(settings):
+    # The project's own Redis settings (timeouts and retries included), pointed at a closed port.
+    settings.REDIS = {**settings.REDIS, "port": 1}
     result = health_check()
 
     details = Heartbeat.objects.get(name="health").details

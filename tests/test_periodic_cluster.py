@@ -12,12 +12,13 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django_q.models import Schedule
 
-from jobs.cron import sync_periodic_table
 from jobs.models import Heartbeat, Job, JobState
-from jobs.types import NEWS_ANALYTICS, SYSTEM_PERIODIC
 from news.factories import NewsFactory, PublishedNewsFactory
 from news.models import News, NewsStatus
 from tests.conftest import wait_for
+from analytics.scheduling import NEWS_ANALYTICS
+from jobs.periodic import sync_periodic_table
+from jobs.system import SYSTEM_PERIODIC
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.cluster]
 
@@ -67,7 +68,7 @@ def test_two_qclusters_fire_each_slot_exactly_once(start_cluster):
     for cluster in clusters:
         cluster.wait_ready(["critical"])
     assert Schedule.objects.count() == 5
-    Schedule.objects.create(name="every-second", func="django.utils.timezone.now", schedule_type=Schedule.CRON,
+    Schedule.objects.create(name="every-second", func="jobs.system.periodic_noop", schedule_type=Schedule.CRON,
                             cron="* * * * * *", cluster="critical", repeats=-1)
     time.sleep(6)
     Schedule.objects.filter(name="every-second").update(repeats=0)  # stop firing
@@ -100,7 +101,7 @@ def test_a_restart_after_downtime_runs_each_missed_slot_once(start_cluster):
     health_missed = now.replace(second=0, microsecond=0) - timedelta(minutes=5)
     Schedule.objects.filter(pk=archive.pk).update(next_run=archive_missed)
     Schedule.objects.filter(pk=health.pk).update(next_run=health_missed)
-    minutes = Schedule.objects.create(name="every-hour-by-minutes", func="django.utils.timezone.now",
+    minutes = Schedule.objects.create(name="every-hour-by-minutes", func="jobs.system.periodic_noop",
                                       schedule_type=Schedule.MINUTES, minutes=60, repeats=-1, cluster="critical",
                                       next_run=now - timedelta(hours=5, minutes=10))
 

@@ -17,7 +17,7 @@ def test_a_scheduled_news_item_is_published_by_the_worker_when_due(start_cluster
     start_cluster(queues=["news"])
     due = timezone.now() + timedelta(seconds=2)
     news = NewsFactory(status=NewsStatus.SCHEDULED, scheduled_at=due)
-    job = Job.objects.get(news_id=news.pk, job_type="news:scheduled_publisher")
+    job = Job.objects.get(subject=f"news:{news.pk}", job_type="news:scheduled_publisher")
     assert job.state == JobState.SCHEDULED and job.run_at == due
 
     published = wait_for(lambda: News.objects.filter(pk=news.pk, status=NewsStatus.PUBLISHED).first(), 20,

@@ -10,9 +10,7 @@ import pytest
 import requests
 from django.utils import timezone
 
-from jobs import scheduler
 from jobs.models import Job, JobState
-from jobs.types import WECHAT_DRAFT_CREATION, WECHAT_PUBLISHING
 from news.factories import NewsFactory
 from news.models import NewsStatus
 from news.services import news_publish
@@ -20,6 +18,7 @@ from tests.conftest import wait_for
 from tests.wechat_fixtures import CALLBACK_TOKEN, fake_wechat, publish_event_xml, signature, wechat_env  # noqa: F401
 from wechat.models import ArticleState, WechatArticle
 from wechat.services import DEFAULT_THUMB_PATH, next_quota_reset
+from wechat.scheduling import WECHAT_DRAFT_CREATION, WECHAT_PUBLISHING, schedule_wechat_draft_creation
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.cluster]
 
@@ -36,7 +35,7 @@ def settled(news, timeout=30) -> WechatArticle:
 
 
 def job_of(news, job_type, *states, timeout=15) -> Job:
-    return wait_for(lambda: Job.objects.filter(news_id=news.pk, job_type=job_type, state__in=states).first(),
+    return wait_for(lambda: Job.objects.filter(subject=f"news:{news.pk}", job_type=job_type, state__in=states).first(),
                     timeout, message=f"the {job_type} job to be {'/'.join(states)}")
 
 
@@ -109,10 +108,10 @@ def test_an_exhausted_daily_quota_waits_for_the_reset_without_spending_retries(s
 
     job = job_of(news, WECHAT_DRAFT_CREATION, JobState.SCHEDULED)
     assert job.run_at == next_quota_reset() and job.attempts == 0 and job.errors == []
-    assert "45009" in job.last_error and article_in(news, ArticleState.PENDING)
+    assert "45009" in job.waiting_reason and article_in(news, ArticleState.PENDING)
 
     fake_wechat.reset_quotas()  # midnight in Beijing
-    scheduler.schedule_wechat_draft_creation(news.pk)  # ...and the job's time has come
+    schedule_wechat_draft_creation(news.pk)  # ...and the job's time has come
 
     job = job_of(news, WECHAT_DRAFT_CREATION, JobState.COMPLETED)
     assert job.attempts == 1 and results(fake_wechat, "draft/add") == [45009, 0]

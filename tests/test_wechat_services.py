@@ -12,12 +12,12 @@ from django.utils import timezone
 
 from jobs.errors import PermanentError, Snooze
 from jobs.models import Job, JobState
-from jobs.types import WECHAT_DRAFT_CREATION, WECHAT_PUBLISHING
 from news.factories import NewsFactory
 from news.services import news_publish
 from tests.wechat_fixtures import DEFAULT_THUMB, callback, fake_wechat, publish_event_xml  # noqa: F401  (fixture)
 from wechat.client import WechatOutcomeUnknown, WechatTransientError
 from wechat.models import ArticleState, ImageKind, WechatArticle, WechatImage
+from wechat.scheduling import WECHAT_DRAFT_CREATION, WECHAT_PUBLISHING
 from wechat.services import (
     DEFAULT_THUMB_PATH,
     next_quota_reset,
@@ -84,7 +84,7 @@ def test_publishing_an_item_marked_for_wechat_queues_its_draft(published):
 
     article = WechatArticle.objects.get(news=news)
     assert article.state == ArticleState.PENDING
-    job = Job.objects.get(news_id=news.pk, job_type=WECHAT_DRAFT_CREATION)
+    job = Job.objects.get(subject=f"news:{news.pk}", job_type=WECHAT_DRAFT_CREATION)
     assert job.state == JobState.PENDING and job.queue == "wechat"
 
 
@@ -130,7 +130,7 @@ def test_it_creates_the_draft_with_the_cover_and_content_images_on_wechat(publis
     assert fake_wechat.count("media/uploadimg") == 1  # the same image twice is uploaded once
     assert f"<!--{article.draft_marker}-->" in sent["content"]  # hidden: found again after a lost answer
     assert article.draft_requested_at is None and fake_wechat.count("draft/batchget") == 0
-    job = Job.objects.get(news_id=news.pk, job_type=WECHAT_PUBLISHING)
+    job = Job.objects.get(subject=f"news:{news.pk}", job_type=WECHAT_PUBLISHING)
     assert job.payload["draft_id"] == article.draft_media_id and job.state == JobState.PENDING
 
 
@@ -189,7 +189,7 @@ def test_a_draft_whose_answer_was_lost_is_found_in_the_draft_box_not_created_aga
     assert article.state == ArticleState.DRAFTED and article.draft_media_id == made
     assert "found in the draft box" in result
     assert fake_wechat.count("draft/add") == 1 and len(fake_wechat.drafts) == 1
-    assert Job.objects.get(job_type=WECHAT_PUBLISHING, news_id=news.pk).payload["draft_id"] == made
+    assert Job.objects.get(job_type=WECHAT_PUBLISHING, subject=f"news:{news.pk}").payload["draft_id"] == made
 
 
 def test_a_lost_draft_is_recognised_by_title_and_cover_if_wechat_dropped_the_marker(published, fake_wechat):
@@ -285,7 +285,7 @@ def test_a_cover_wechat_no_longer_knows_is_uploaded_again_on_retry(published, fa
     with pytest.raises(PermanentError, match="errcode 40007"):
         wechat_draft_create(news_id=news.pk)
     assert WechatArticle.objects.get(news=news).thumb_media_id == "" and not WechatImage.objects.exists()
-    Job.objects.filter(news_id=news.pk).update(state=JobState.DEAD, live_key=None)
+    Job.objects.filter(subject=f"news:{news.pk}").update(state=JobState.DEAD, live_key=None)
     wechat_retry(news_id=news.pk)
     wechat_draft_create(news_id=news.pk)
 
@@ -549,7 +549,7 @@ def test_retrying_a_failed_article_starts_over_with_a_new_draft(published, fake_
     fake_wechat.settle(article.publish_id, 4)
     with pytest.raises(PermanentError):
         publish(article)
-    Job.objects.filter(news_id=news.pk).update(state=JobState.DEAD, live_key=None)
+    Job.objects.filter(subject=f"news:{news.pk}").update(state=JobState.DEAD, live_key=None)
 
     assert wechat_retry(news_id=news.pk) == f"news {news.pk}: draft creation queued"
     new = drafted(fake_wechat, news)
@@ -586,7 +586,7 @@ def test_the_callback_is_closed_until_wechat_token_is_set(client, fake_wechat, s
 def test_a_publish_push_settles_the_article_and_wakes_its_job(client, published, fake_wechat):
     news = published()
     article = submitted(fake_wechat, news)
-    job = Job.objects.get(job_type=WECHAT_PUBLISHING, news_id=news.pk)
+    job = Job.objects.get(job_type=WECHAT_PUBLISHING, subject=f"news:{news.pk}")
     Job.objects.filter(pk=job.pk).update(state=JobState.SCHEDULED, run_at=timezone.now() + timedelta(hours=1))
 
     for _ in range(2):  # WeChat may push the same event again
@@ -598,7 +598,7 @@ def test_a_publish_push_settles_the_article_and_wakes_its_job(client, published,
     assert article.article_url == "https://mp.weixin.qq.com/s/x"
     job.refresh_from_db()
     assert job.run_at <= timezone.now() and job.state == JobState.PENDING  # woken: finishes now, not at its poll
-    assert Job.objects.filter(job_type=WECHAT_PUBLISHING, news_id=news.pk).count() == 1
+    assert Job.objects.filter(job_type=WECHAT_PUBLISHING, subject=f"news:{news.pk}").count() == 1
     assert fake_wechat.count("freepublish/get") == 0
 
 
@@ -615,7 +615,7 @@ def test_a_failed_publish_push_fails_the_article(client, published, fake_wechat)
 def test_a_push_for_an_unknown_publish_wakes_the_articles_checking_a_lost_submit(client, published, fake_wechat):
     news = published()
     lost_submit(fake_wechat, news)
-    job = Job.objects.get(job_type=WECHAT_PUBLISHING, news_id=news.pk)
+    job = Job.objects.get(job_type=WECHAT_PUBLISHING, subject=f"news:{news.pk}")
     Job.objects.filter(pk=job.pk).update(state=JobState.SCHEDULED, run_at=timezone.now() + timedelta(hours=1))
 
     callback(client, publish_event_xml(next(iter(fake_wechat.publishes)), 0, "ART_1", "https://mp.weixin.qq.com/s/y"))
@@ -640,14 +640,14 @@ def test_the_admin_lists_articles_and_retries_a_failed_one(admin_client, publish
     with pytest.raises(PermanentError):
         wechat_draft_create(news_id=news.pk)
     article = WechatArticle.objects.get(news=news)
-    Job.objects.filter(news_id=news.pk).update(state=JobState.DEAD, live_key=None)
+    Job.objects.filter(subject=f"news:{news.pk}").update(state=JobState.DEAD, live_key=None)
 
     assert admin_client.get("/admin/wechat/wechatarticle/").status_code == 200
     response = admin_client.post("/admin/wechat/wechatarticle/", {"action": "retry", "_selected_action": [article.pk]})
 
     assert response.status_code == 302
     assert WechatArticle.objects.get(pk=article.pk).state == ArticleState.PENDING
-    assert Job.objects.get(news_id=news.pk, job_type=WECHAT_DRAFT_CREATION, state=JobState.PENDING)
+    assert Job.objects.get(subject=f"news:{news.pk}", job_type=WECHAT_DRAFT_CREATION, state=JobState.PENDING)
 
 
 def test_the_news_admin_page_shows_the_items_wechat_life(admin_client, published, fake_wechat):
@@ -668,5 +668,5 @@ def test_publishing_without_an_app_configured_queues_no_wechat_job(settings):
     settings.WECHAT_APP_ID = ""
     news = NewsFactory(push_to_wechat=True)
     assert news_publish(news_id=news.pk) is True
-    assert not Job.objects.filter(news_id=news.pk, job_type="wechat:draft_creation").exists()
+    assert not Job.objects.filter(subject=f"news:{news.pk}", job_type="wechat:draft_creation").exists()
     assert not WechatArticle.objects.filter(news=news).exists()

@@ -1,4 +1,4 @@
-"""The fake WeChat (wechat/fake.py) for tests: a pytest fixture running it on 127.0.0.1 with
+"""The fake WeChat (devtools/wechat_fake.py) for tests: a pytest fixture running it on 127.0.0.1 with
 this process's settings pointed at it, the same settings for qcluster subprocesses, and the
 callback URL called as WeChat calls it. Test modules import what they use from here."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from wechat.fake import APP_ID, APP_SECRET, DEFAULT_THUMB, FakeWechat, publish_event_xml, signature  # noqa: F401
+from devtools.wechat_fake import APP_ID, APP_SECRET, DEFAULT_THUMB, FakeWechat, publish_event_xml, signature  # noqa: F401
 
 CALLBACK_TOKEN = "callback-token"
 

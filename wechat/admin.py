@@ -1,6 +1,6 @@
 from django.contrib import admin, messages
 
-from news.admin import NewsAdmin
+from news.models import News
 from wechat.models import ArticleState, WechatArticle, WechatImage
 from wechat.services import wechat_resolve_unknown, wechat_retry
 
@@ -74,7 +74,14 @@ class WechatArticleInline(admin.StackedInline):
         return False
 
 
-# The news app does not know about WeChat (it calls it through a publish hook), so the inline
-# is added to its admin from here.
-if WechatArticleInline not in NewsAdmin.inlines:
-    NewsAdmin.inlines = [*NewsAdmin.inlines, WechatArticleInline]
+# The news app does not know about WeChat: this app registers News's admin again, as a
+# subclass of whatever is registered (Django's public get_model_admin), with its inline.
+_news_admin = type(admin.site.get_model_admin(News))
+
+
+class NewsWithWechatAdmin(_news_admin):
+    inlines = [*_news_admin.inlines, WechatArticleInline]
+
+
+admin.site.unregister(News)
+admin.site.register(News, NewsWithWechatAdmin)

@@ -6,7 +6,7 @@ class WechatConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
-        from news.services import on_news_published
-        from wechat.services import wechat_on_news_published
+        from news.signals import news_published
+        from wechat.receivers import wechat_news_published
 
-        on_news_published(wechat_on_news_published)
+        news_published.connect(wechat_news_published, dispatch_uid="wechat.news_published")

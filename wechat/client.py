@@ -18,7 +18,7 @@ import requests
 from urllib3.exceptions import NewConnectionError
 from django.conf import settings
 
-from nextevent.redis import get_redis
+from nextevent.redis import delete_if_equal, get_redis
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ class WechatClient:
         try:
             return self._fetch_token()
         finally:
-            _delete_if_equal(redis, lock_key, owner)
+            delete_if_equal(redis, lock_key, owner)
 
     def _fetch_token(self) -> str:
         data = self._request("stable_token", token=None, json_body={
@@ -182,7 +182,7 @@ class WechatClient:
 
     def _evict_token(self, failed: str) -> None:
         # Only the token that failed: another process may already have stored a fresh one.
-        _delete_if_equal(get_redis(), self._token_key, failed)
+        delete_if_equal(get_redis(), self._token_key, failed)
 
     # ------------------------------------------------------------ transport
 
@@ -299,9 +299,3 @@ def _required(data: dict, key: str, api: str):
         raise WechatOutcomeUnknown(f"{api}: success response without {key}", api=api)
     return value
 
-
-_DELETE_IF_EQUAL = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
-
-
-def _delete_if_equal(redis, key: str, value: str) -> None:
-    redis.eval(_DELETE_IF_EQUAL, 1, key, value)

@@ -1,7 +1,7 @@
 """`manage.py jobs`: see the queues, inspect and recover jobs from a shell.
 
     jobs stats                      per queue counts, throughput, oldest pending; clusters
-    jobs list [--queue Q] [--state S] [--type T] [--news ID] [--limit N]
+    jobs list [--queue Q] [--state S] [--type T] [--subject S] [--limit N]
     jobs show ID                    payload, attempts, every error with its traceback
     jobs retry ID... | --all-dead [--queue Q]
     jobs cancel ID...               scheduled, pending or retry jobs
@@ -30,16 +30,14 @@ from django.utils import timezone
 from redis.exceptions import RedisError
 
 from jobs import monitoring, services
-from jobs.models import Job, JobState
-from jobs.types import QUEUES
+from jobs.models import CANCELLABLE_STATES, RETRYABLE_STATES, Job, JobState
+from jobs.queues import QUEUES
 
 EXIT_NOTHING = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 MAX_LIMIT = 1000
 RETRY_BATCH = 500
-CANCELLABLE = (JobState.SCHEDULED, JobState.PENDING, JobState.RETRY)
-RETRYABLE = (JobState.DEAD, JobState.RETRY)
 
 
 def _local(value: datetime | None) -> str:
@@ -81,7 +79,7 @@ class Command(BaseCommand):
         p.add_argument("--queue", choices=QUEUES)
         p.add_argument("--state", choices=JobState.values)
         p.add_argument("--type", dest="job_type", metavar="TYPE", help="job type, e.g. news:scheduled_publisher")
-        p.add_argument("--news", dest="news_id", type=int, metavar="ID", help="jobs of this news item")
+        p.add_argument("--subject", metavar="S", help="jobs about this subject, e.g. news:42")
         p.add_argument("--limit", type=int, default=50, help=f"at most this many (1-{MAX_LIMIT}, default 50)")
         p.add_argument("--json", action="store_true")
 
@@ -134,7 +132,7 @@ class Command(BaseCommand):
         dispatchers = monitoring.dispatcher_rows(now)
         health = monitoring.health_heartbeat(now)
         data = {"at": now.isoformat(), "queues": overview, "clusters": clusters, "dispatchers": dispatchers,
-                "health": health, "analytics_buffer": redis["analytics_buffer"], "redis_error": redis["error"]}
+                "health": health, "gauges": {g.name: g.value for g in redis["gauges"]}, "redis_error": redis["error"]}
         rows = [[q, "paused" if r["paused"] else "", r["scheduled"], r["pending"], r["active"], r["retry"], r["dead"],
                  "?" if r["depth"] is None else r["depth"], _age(r["oldest_pending_age_s"]), r["completed_1h"],
                  r["failed_1h"], r["completed_today"], r["failed_today"], r["workers_alive"]]
@@ -161,22 +159,22 @@ class Command(BaseCommand):
             text.append(f"health check: {health['age_s']} s ago: {state}")
         else:
             text.append("health check: never ran")
-        if redis["analytics_buffer"] is not None:
-            text.append(f"analytics buffer: {redis['analytics_buffer']} event(s)")
+        for gauge in redis["gauges"]:
+            text.append(f"{gauge.label}: {gauge.value:g}")
         self.emit(data, "\n".join(text))
         if redis["error"]:
             raise CommandError(f"Redis unavailable ({redis['error']}); depths and clusters unknown",
                                returncode=EXIT_UNAVAILABLE)
 
-    def do_list(self, *, queue, state, job_type, news_id, limit, **_):
+    def do_list(self, *, queue, state, job_type, subject, limit, **_):
         if not 1 <= limit <= MAX_LIMIT:
             raise CommandError(f"--limit must be from 1 to {MAX_LIMIT}, got {limit}", returncode=EXIT_USAGE)
-        jobs = monitoring.job_list(queue=queue, state=state, job_type=job_type, news_id=news_id, limit=limit)
-        rows = [[j.pk, j.job_type, j.queue, j.state, j.attempts, _local(j.run_at), j.news_id,
+        jobs = monitoring.job_list(queue=queue, state=state, job_type=job_type, subject=subject, limit=limit)
+        rows = [[j.pk, j.job_type, j.queue, j.state, j.attempts, _local(j.run_at), j.subject,
                  monitoring.first_line(j.last_error, 60)] for j in jobs]
         self.emit([monitoring.job_summary(j) for j in jobs],
-                  render_table(["ID", "TYPE", "QUEUE", "STATE", "ATT", "RUN AT", "NEWS", "LAST ERROR"], rows,
-                               right={0, 4, 6}) if jobs else "no jobs match")
+                  render_table(["ID", "TYPE", "QUEUE", "STATE", "ATT", "RUN AT", "SUBJECT", "LAST ERROR"], rows,
+                               right={0, 4}) if jobs else "no jobs match")
         if not jobs:
             raise CommandError("no jobs match", returncode=EXIT_NOTHING)
 
@@ -192,7 +190,7 @@ class Command(BaseCommand):
                   ("timeout", f"{job.timeout} s"), ("run at", _local(job.run_at)),
                   ("created", _local(job.created_at)), ("dispatched", _local(job.dispatched_at)),
                   ("started", _local(job.started_at)), ("finished", _local(job.finished_at)),
-                  ("worker", job.worker or "-"), ("news", job.news_id or "-"), ("unique key", job.unique_key or "-"),
+                  ("worker", job.worker or "-"), ("subject", job.subject or "-"), ("unique key", job.unique_key or "-"),
                   ("result", job.result or "-")]
         if job.started_at:
             fields.append(("lateness", f"{(job.started_at - job.run_at).total_seconds():.3f} s (last attempt)"))
@@ -250,14 +248,14 @@ class Command(BaseCommand):
                 raise CommandError("no dead jobs" + (f" in queue {queue}" if queue else ""), returncode=EXIT_NOTHING)
             before = dict.fromkeys(ids, JobState.DEAD)
             done = sum(services.jobs_retry_now(ids[i:i + RETRY_BATCH]) for i in range(0, len(ids), RETRY_BATCH))
-            self._report("retried", ids, done, before, RETRYABLE)
+            self._report("retried", ids, done, before, RETRYABLE_STATES)
             return
         before = self._states(job_ids)
-        self._report("retried", job_ids, services.jobs_retry_now(job_ids), before, RETRYABLE)
+        self._report("retried", job_ids, services.jobs_retry_now(job_ids), before, RETRYABLE_STATES)
 
     def do_cancel(self, *, job_ids, **_):
         before = self._states(job_ids)
-        self._report("cancelled", job_ids, services.jobs_cancel(job_ids), before, CANCELLABLE)
+        self._report("cancelled", job_ids, services.jobs_cancel(job_ids), before, CANCELLABLE_STATES)
 
     def do_delete(self, *, job_ids, **_):
         before = self._states(job_ids)

@@ -40,7 +40,7 @@ class Command(BaseCommand):
             self.stderr.write(f"qcluster: {problem}")
             sys.exit(2)
         if not options["no_sync_schedules"]:
-            from jobs.cron import sync_periodic_table
+            from jobs.periodic import sync_periodic_table
 
             sync_periodic_table()
         sys.exit(Supervisor(queues, dispatcher=not options["no_dispatcher"], grace=options["grace"]).run())

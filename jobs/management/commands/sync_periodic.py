@@ -1,9 +1,10 @@
-"""Bring the periodic table's django-q2 Schedule rows in step with jobs/cron.py.
+"""Bring the periodic table's django-q2 Schedule rows in step with the periodic tasks
+declared in the apps (@jobs.registry.periodic).
 
     python manage.py sync_periodic           # what qcluster does at start: timings kept
     python manage.py sync_periodic --reset   # also put the code's timings back
 
-qcluster keeps a timing an admin changed; after changing a timing in PERIODIC_TABLE (or
+qcluster keeps a timing an admin changed; after changing a declared timing (or
 to undo an admin's change), run this with --reset once.
 """
 
@@ -11,7 +12,8 @@ from django.core.management.base import BaseCommand
 from django.utils import timezone
 from django_q.models import Schedule
 
-from jobs.cron import PERIODIC_TABLE, sync_periodic_table
+from jobs.periodic import sync_periodic_table
+from jobs.registry import periodic_table
 
 
 class Command(BaseCommand):
@@ -27,8 +29,9 @@ class Command(BaseCommand):
             self.stdout.write(line)
         if not changes:
             self.stdout.write("periodic table already in step")
-        rows = {s.name: s for s in Schedule.objects.filter(name__in=[e.name for e in PERIODIC_TABLE])}
-        for entry in PERIODIC_TABLE:
+        table = periodic_table()
+        rows = {s.name: s for s in Schedule.objects.filter(name__in=[e.name for e in table])}
+        for entry in table:
             row = rows.get(entry.name)
             timing = row.cron if row and row.schedule_type == Schedule.CRON else (
                 row.get_schedule_type_display() if row else "?")

@@ -13,7 +13,11 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.utils import timezone
 
-from jobs import scheduler, types
+from analytics.ingest import enqueue_news_analytics
+from analytics.scheduling import NEWS_ANALYTICS
+from jobs import scheduler
+from jobs.system import SYSTEM_NOOP
+from wechat.scheduling import WECHAT_DRAFT_CREATION, WECHAT_PUBLISHING, schedule_wechat_draft_creation
 from jobs.models import Job
 from news.models import News, NewsStatus
 
@@ -45,20 +49,20 @@ class Command(BaseCommand):
                     author="Demo", status=NewsStatus.SCHEDULED, scheduled_at=now + timedelta(seconds=delay),
                     expires_at=now + timedelta(seconds=delay + 60), push_to_wechat=True)
                 rows.append(("news:scheduled_publisher + news:expiration (via the model-save signal)",
-                             Job.objects.filter(news_id=scheduled.pk).values_list("pk", flat=True)))
+                             Job.objects.filter(subject=f"news:{scheduled.pk}").values_list("pk", flat=True)))
                 wechat_news = News.objects.create(
                     title=f"Demo WeChat news {n + 1}", content="<p>Sent to WeChat.</p>", author="Demo",
                     status=NewsStatus.PUBLISHED, published_at=now, push_to_wechat=True)
-                rows.append((f"{types.WECHAT_DRAFT_CREATION} (then {types.WECHAT_PUBLISHING})",
-                             [scheduler.schedule_wechat_draft_creation(wechat_news.pk)]))
+                rows.append((f"{WECHAT_DRAFT_CREATION} (then {WECHAT_PUBLISHING})",
+                             [schedule_wechat_draft_creation(wechat_news.pk)]))
                 for event in ("view", "view", "share", "like"):
-                    scheduler.enqueue_news_analytics(wechat_news.pk, event, user_id=n + 1, metadata={"demo": True})
-                rows.append((f"{types.NEWS_ANALYTICS} (4 events buffered first)",
-                             [scheduler.enqueue(types.NEWS_ANALYTICS, {"reason": "demo"})]))
-                rows.append((types.SYSTEM_NOOP, [scheduler.enqueue(types.SYSTEM_NOOP, {"marker": "demo"})]))
+                    enqueue_news_analytics(wechat_news.pk, event, user_id=n + 1, metadata={"demo": True})
+                rows.append((f"{NEWS_ANALYTICS} (4 events buffered first)",
+                             [scheduler.enqueue(NEWS_ANALYTICS, {"reason": "demo"})]))
+                rows.append((SYSTEM_NOOP, [scheduler.enqueue(SYSTEM_NOOP, {"marker": "demo"})]))
                 if fail_times:
-                    rows.append((f"{types.SYSTEM_NOOP} failing {fail_times}x{' (permanent)' if permanent else ''}",
-                                 [scheduler.enqueue(types.SYSTEM_NOOP, {"fail_times": fail_times,
+                    rows.append((f"{SYSTEM_NOOP} failing {fail_times}x{' (permanent)' if permanent else ''}",
+                                 [scheduler.enqueue(SYSTEM_NOOP, {"fail_times": fail_times,
                                                                         "permanent": permanent})]))
         for label, ids in rows:
             self.stdout.write(f"{label}: job {', '.join(str(i) for i in ids)}")

@@ -5,7 +5,7 @@ behind `jobs stats`, the dashboard, /metrics and /readyz.
     mysql -uroot -e "CREATE DATABASE IF NOT EXISTS nextevent_bench CHARACTER SET utf8mb4"
     DB_NAME=nextevent_bench REDIS_DB=13 DJANGO_DEBUG=1 python manage.py migrate
     DB_NAME=nextevent_bench REDIS_DB=13 DJANGO_DEBUG=1 DJANGO_ALLOWED_HOSTS=testserver \\
-        python manage.py shell -c "from jobs.monitoring_bench import main; main()"
+        python manage.py shell -c "from devtools.monitoring_bench import main; main()"
 
 It refuses to run on a ledger that already has jobs, so it cannot mix with real ones."""
 
@@ -67,7 +67,8 @@ def main(total: int = 300_000, recent: int = 30_000) -> None:
     from django.test import Client
     from django.utils import timezone
 
-    from jobs import monitoring, monitoring_metrics
+    from jobs import monitoring
+    from jobs.monitoring import metrics as monitoring_metrics
     from jobs.models import Job
 
     if Job.objects.exists():

@@ -14,7 +14,7 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
-from wechat.fake import FakeWechat
+from devtools.wechat_fake import FakeWechat
 
 
 class Command(BaseCommand):
@@ -42,7 +42,7 @@ class Command(BaseCommand):
                callback_url, token, token_ttl, **options):
         if callback_url and not token:
             raise CommandError("--callback-url needs --token (the WECHAT_TOKEN the callback checks signatures with)")
-        logging.getLogger("wechat.fake").setLevel(logging.INFO)
+        logging.getLogger("devtools.wechat_fake").setLevel(logging.INFO)
         try:
             fake = FakeWechat(app_id=app_id, app_secret=app_secret, host=host, port=port,
                               publish_polls=publish_polls or None,

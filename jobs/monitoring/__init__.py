@@ -14,10 +14,12 @@ from datetime import timezone as dt_timezone
 
 from django.conf import settings
 from django.db.models import Count, DateTimeField, F, Func, IntegerField, Min, Q, Value
+from django.dispatch import Signal
 from django.utils import timezone
 
 from jobs.models import Heartbeat, Job, JobState, QueuePause
-from jobs.types import QUEUES
+from jobs.probes import check_redis
+from jobs.queues import QUEUES
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +31,6 @@ DISPATCHER_ALIVE_SECONDS = 15  # dispatchers write their heartbeat every 5 s
 DISPATCHER_SHOWN_SECONDS = 3600  # older rows are processes long gone
 LATENESS_WINDOW = timedelta(hours=24)
 LATENESS_SAMPLE = 5000  # the most recent finished jobs in the window
-ANALYTICS_STREAM_KEY = "nextevent:analytics:events"
-PROBE_TIMEOUT = 1.0  # seconds a readiness probe or a scrape waits for Redis
 
 
 def local_day_start(now: datetime) -> datetime:
@@ -82,38 +82,45 @@ def pauses() -> dict[str, QueuePause]:
 # ---------------------------------------------------------------- Redis side
 
 
-def redis_probe(timeout: float = PROBE_TIMEOUT) -> None:
-    """PING Redis once, raising within about `timeout` seconds if it does not answer. The
-    shared client (nextevent.redis.get_redis) retries ten times with backoff, about 3 s on a
-    refused connection and far longer on a silent host: too slow for a probe or a scrape.
-    Same connection settings (settings.REDIS), one attempt, closed at once."""
-    import redis
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-
-    client = redis.Redis(**{**settings.REDIS, "socket_connect_timeout": timeout, "socket_timeout": timeout,
-                            "retry": Retry(NoBackoff(), 0)})
-    try:
-        client.ping()
-    finally:
-        client.close()
-
-
 def redis_state() -> dict:
-    """Queue depths, live clusters and the analytics buffer; {"error": ...} if Redis is away
+    """Queue depths, live clusters and the apps' gauges; {"error": ...} if Redis is away
     (the ledger views still work without it)."""
     from jobs import broker
     from jobs.liveness import live_clusters
-    from nextevent.redis import get_redis
 
     try:
-        redis_probe()  # fail fast instead of through the shared client's retries
+        check_redis()  # fail fast instead of through the shared client's retries
         depths = {q: broker.queue_depth(q) for q in QUEUES}
         clusters = live_clusters()
-        analytics = int(get_redis().xlen(ANALYTICS_STREAM_KEY))  # 0 when the key is missing
     except Exception as exc:
-        return {"error": f"{type(exc).__name__}: {exc}", "depths": {}, "clusters": [], "analytics_buffer": None}
-    return {"error": None, "depths": depths, "clusters": clusters, "analytics_buffer": analytics}
+        return {"error": f"{type(exc).__name__}: {exc}", "depths": {}, "clusters": [], "gauges": []}
+    return {"error": None, "depths": depths, "clusters": clusters, "gauges": app_gauges()}
+
+
+@dataclass(frozen=True)
+class AppGauge:
+    """One number an app shows beside the queues (the analytics buffer's length): a
+    Prometheus gauge `name` and a line on the dashboard and in `jobs stats`."""
+
+    name: str  # Prometheus metric name, e.g. nextevent_analytics_buffer_length
+    label: str  # for people, e.g. "analytics buffer"
+    help: str
+    value: float
+
+
+# Apps connect a receiver returning a list of AppGauge, read at scrape / page time; the
+# engine never imports them (analytics/monitoring.py is one).
+gauges_requested = Signal()
+
+
+def app_gauges() -> list[AppGauge]:
+    gauges = []
+    for receiver, result in gauges_requested.send_robust(sender=None):
+        if isinstance(result, Exception):
+            logger.warning("gauge receiver %s failed: %s", getattr(receiver, "__name__", receiver), result)
+            continue
+        gauges.extend(result or [])
+    return gauges
 
 
 def cluster_rows(clusters: list[dict], now: datetime) -> list[dict]:
@@ -297,7 +304,7 @@ def recent_failures(limit: int = 20) -> list[Job]:
 
 
 def job_list(*, queue: str | None = None, state: str | None = None, job_type: str | None = None,
-             news_id: int | None = None, limit: int = 50) -> list[Job]:
+             subject: str | None = None, limit: int = 50) -> list[Job]:
     qs = Job.objects.all()
     if queue:
         qs = qs.filter(queue=queue)
@@ -305,8 +312,8 @@ def job_list(*, queue: str | None = None, state: str | None = None, job_type: st
         qs = qs.filter(state=state)
     if job_type:
         qs = qs.filter(job_type=job_type)
-    if news_id is not None:
-        qs = qs.filter(news_id=news_id)
+    if subject:
+        qs = qs.filter(subject=subject)
     return list(qs.order_by("-pk")[:limit])
 
 
@@ -321,7 +328,7 @@ def first_line(text: str, width: int = 80) -> str:
 def job_summary(job: Job) -> dict:
     return {"id": job.pk, "job_type": job.job_type, "queue": job.queue, "state": job.state,
             "attempts": job.attempts, "max_retries": job.max_retries, "run_at": _iso(job.run_at),
-            "started_at": _iso(job.started_at), "finished_at": _iso(job.finished_at), "news_id": job.news_id,
+            "started_at": _iso(job.started_at), "finished_at": _iso(job.finished_at), "subject": job.subject,
             "last_error": first_line(job.last_error, 200)}
 
 

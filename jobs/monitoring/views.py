@@ -1,6 +1,6 @@
 """HTTP views for operations: /healthz, /readyz, /metrics and the staff dashboard at
 /admin/jobs/dashboard/. Thin: the numbers come from jobs/monitoring.py and
-jobs/monitoring_metrics.py, the actions from jobs/services.py.
+jobs/monitoring/metrics.py, the actions from jobs/services.py.
 
 Access:
 - /healthz: open; says only that the process answers.
@@ -21,7 +21,6 @@ import logging
 from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db import connection
 from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
@@ -30,9 +29,13 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
-from jobs import monitoring, monitoring_charts, monitoring_metrics, services
+from jobs import services
+from jobs.monitoring import charts as monitoring_charts
+from jobs.monitoring import metrics as monitoring_metrics
+from jobs import monitoring
+from jobs.probes import check_database, check_redis
 from jobs.models import Job, JobState
-from jobs.types import QUEUES
+from jobs.queues import QUEUES
 
 logger = logging.getLogger(__name__)
 
@@ -70,13 +73,12 @@ def readiness(now=None) -> tuple[bool, dict[str, dict]]:
     now = now or timezone.now()
     checks: dict[str, dict] = {}
     try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
+        check_database()
         checks["database"] = {"ok": True}
     except Exception as exc:
         checks["database"] = {"ok": False, "error": _error(exc)}
     try:
-        monitoring.redis_probe()
+        check_redis()
         checks["redis"] = {"ok": True}
     except Exception as exc:
         checks["redis"] = {"ok": False, "error": _error(exc)}
@@ -177,7 +179,7 @@ def dashboard(request):
         "health": health,
         "health_fresh": health is not None and health["age_s"] <= settings.READYZ_HEARTBEAT_MAX_AGE,
         "redis_error": redis["error"],
-        "analytics_buffer": redis["analytics_buffer"],
+        "gauges": redis["gauges"],
         "can_pause": request.user.has_perm("jobs.add_queuepause"),
         "can_resume": request.user.has_perm("jobs.delete_queuepause"),
     }

@@ -3,7 +3,7 @@
 from django.contrib import admin
 from django.urls import path
 
-from jobs import monitoring_views
+from jobs.monitoring import views as monitoring_views
 
 urlpatterns = [
     path("healthz", monitoring_views.healthz, name="healthz"),

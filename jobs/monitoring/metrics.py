@@ -28,7 +28,8 @@ from prometheus_client.exposition import choose_encoder
 
 from jobs import monitoring
 from jobs.models import Heartbeat, Job, JobState
-from jobs.types import QUEUES, REGISTRY
+from jobs.queues import QUEUES
+from jobs.registry import job_types
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ class LedgerCollector:
         lateness = GaugeHistogramMetricFamily("nextevent_job_lateness_seconds",
                                               "started_at - run_at of the last attempt of jobs finished "
                                               "in the last hour", labels=["queue", "job_type"])
-        totals: dict[tuple[str, str], list[int]] = {(jt.queue, jt.name): [0, 0] for jt in REGISTRY.values()}
+        totals: dict[tuple[str, str], list[int]] = {(jt.queue, jt.name): [0, 0] for jt in job_types().values()}
         merged: dict[tuple[str, str], dict] = {}
         for row in window_stats(now):
             key = (row["queue"], row["job_type"])
@@ -166,10 +167,11 @@ class LedgerCollector:
             alive = [c for c in redis["clusters"] if c.get("queue") == queue]
             clusters.add_metric([queue], len(alive))
             workers.add_metric([queue], sum(c.get("workers_alive", 0) for c in alive))
-        buffer = GaugeMetricFamily("nextevent_analytics_buffer_length",
-                                   f"Events waiting in the analytics stream ({monitoring.ANALYTICS_STREAM_KEY})")
-        buffer.add_metric([], redis["analytics_buffer"] or 0)
-        yield from (depth, clusters, workers, buffer)
+        yield from (depth, clusters, workers)
+        for gauge in redis["gauges"]:
+            family = GaugeMetricFamily(gauge.name, gauge.help)
+            family.add_metric([], gauge.value)
+            yield family
 
 
 registry = CollectorRegistry(auto_describe=False)

@@ -1,5 +1,5 @@
-"""Alerts. The 30-second health check (jobs/cron.py: health_check) hands its result to
-alert_on_health_check, which raises an alert for each condition that holds:
+"""Alerts. The 30-second health check (jobs/health.py: health_check) sends its result to
+alert_on_health_check (connected in JobsConfig.ready), which raises an alert for each condition that holds:
 
 - dead_jobs:<queue>       the queue has more than JOBS_ALERT_DEAD_JOBS dead jobs (default 0:
                           any dead job);
@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.utils import timezone
 
-from jobs.cron import on_health_checked
+from jobs.health import breaches
 from jobs.models import Job, JobState
 from jobs.monitoring import first_line
-from jobs.monitoring_webhook import post_alert
+from jobs.monitoring.webhook import post_alert
 
 logger = logging.getLogger(__name__)
 
@@ -48,19 +48,12 @@ class Alert:
     jobs: list[dict] = field(default_factory=list)
 
 
+ALERTED_KINDS = ("dead_jobs", "pending_age")  # "no live cluster" is for the dashboard and /readyz
+
+
 def alerts_from_health(details: dict) -> list[Alert]:
-    alerts = []
-    for queue, q in (details.get("queues") or {}).items():
-        dead = int(q.get("dead", 0))
-        if dead > settings.JOBS_ALERT_DEAD_JOBS:
-            alerts.append(Alert(f"dead_jobs:{queue}", "dead_jobs", queue,
-                                f"queue {queue}: {dead} dead job(s)", dead, settings.JOBS_ALERT_DEAD_JOBS))
-        age = float(q.get("oldest_pending_age_s", 0.0))
-        if age > settings.JOBS_ALERT_PENDING_AGE:
-            alerts.append(Alert(f"pending_age:{queue}", "pending_age", queue,
-                                f"queue {queue}: oldest pending job has waited {age:.0f} s", round(age, 1),
-                                settings.JOBS_ALERT_PENDING_AGE))
-    return alerts
+    return [Alert(b.key, b.kind, b.queue, b.summary, b.value, b.threshold)
+            for b in breaches(details.get("queues") or {}) if b.kind in ALERTED_KINDS]
 
 
 def _claim(key: str, ttl: int) -> bool:
@@ -94,7 +87,7 @@ def _recent_jobs(alert: Alert) -> list[dict]:
         qs = Job.objects.filter(queue=alert.queue, state=JobState.DEAD).order_by("-finished_at", "-pk")
     else:
         qs = Job.objects.filter(queue=alert.queue, state=JobState.PENDING).order_by("dispatched_at", "pk")
-    return [{"id": j.pk, "job_type": j.job_type, "news_id": j.news_id, "error": first_line(j.last_error, 200)}
+    return [{"id": j.pk, "job_type": j.job_type, "subject": j.subject, "error": first_line(j.last_error, 200)}
             for j in qs[:JOBS_IN_ALERT]]
 
 
@@ -137,6 +130,5 @@ def raise_alert(alert: Alert) -> str:
     return "post_failed"
 
 
-@on_health_checked
-def alert_on_health_check(details: dict) -> list[str]:
+def alert_on_health_check(details: dict, **signal_kwargs) -> list[str]:
     return [raise_alert(alert) for alert in alerts_from_health(details)]

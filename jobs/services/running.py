@@ -1,0 +1,201 @@
+"""Running jobs: the state machine of an attempt. Every transition is a conditional UPDATE
+on the row's current state and, for a running job, its attempt number, which fences off a
+worker whose lease was taken over, so two processes can never both move a job."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import traceback
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
+
+from django.conf import settings
+from django.db import connection, models
+from django.db.models import F
+from django.utils import timezone
+
+from jobs.events import log_job_event
+from jobs.models import Job, JobState
+
+logger = logging.getLogger(__name__)
+
+MAX_ERRORS_KEPT = 20
+MAX_TRACEBACK_CHARS = 8000
+
+
+def backoff_delay(attempt: int) -> float:
+    """Seconds to wait after failed attempt number `attempt` (1-based): 1, 2, 4, 8, 16, 16..."""
+    return min(settings.JOBS_BACKOFF_BASE * (2 ** max(attempt - 1, 0)), settings.JOBS_BACKOFF_CAP)
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _execute(sql: str, params: list) -> int:
+    """Raw UPDATE on the hot path (claim, complete): the ORM's query building costs as much
+    as the round trip itself for a no-op job. Returns the row count."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql.format(table=Job._meta.db_table), params)
+        return cursor.rowcount
+
+
+def _dt(value: datetime):
+    return connection.ops.adapt_datetimefield_value(value)
+
+
+def job_claim(job_id: int, *, worker: str) -> Job | None:
+    """pending -> active for one worker. None if another worker has it or it is no longer
+    pending (a duplicate or stale wake-up)."""
+    now = timezone.now()
+    lease = now + timedelta(seconds=settings.JOBS_LEASE_SECONDS)
+    claimed = _execute(
+        "UPDATE {table} SET state=%s, attempts=attempts+1, started_at=%s, lease_expires_at=%s, worker=%s "
+        "WHERE id=%s AND state=%s",
+        [JobState.ACTIVE.value, _dt(now), _dt(lease), worker, job_id, JobState.PENDING.value])
+    if not claimed:
+        return None
+    return fetch_job(job_id)
+
+
+def fetch_job(job_id: int) -> Job:
+    """The whole row as the ORM would read it (tested field by field). Job.objects.get() costs four times the round trip itself on this hot path; on MySQL
+    read the row with a plain cursor and convert the two kinds of column that need it."""
+    if connection.vendor != "mysql":
+        return Job.objects.get(pk=job_id)
+    fields = Job._meta.concrete_fields
+    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {columns} FROM {Job._meta.db_table} WHERE id = %s", [job_id])
+        row = cursor.fetchone()
+    if row is None:
+        raise Job.DoesNotExist(f"job {job_id} does not exist")
+    values = []
+    for f, value in zip(fields, row):
+        if value is not None:
+            if isinstance(f, models.DateTimeField):
+                value = value.replace(tzinfo=dt_timezone.utc)  # stored in UTC (USE_TZ)
+            elif isinstance(f, models.JSONField) and isinstance(value, (str, bytes)):
+                value = json.loads(value)
+        values.append(value)
+    return Job.from_db(connection.alias, [f.attname for f in fields], values)
+
+
+def job_renew_lease(job_id: int, attempt: int) -> bool:
+    return bool(Job.objects.filter(pk=job_id, state=JobState.ACTIVE, attempts=attempt).update(
+        lease_expires_at=timezone.now() + timedelta(seconds=settings.JOBS_LEASE_SECONDS)))
+
+
+def _running(job: Job):
+    return Job.objects.filter(pk=job.pk, state=JobState.ACTIVE, attempts=job.attempts)
+
+
+def job_complete(job: Job, *, result: str = "") -> bool:
+    now = timezone.now()
+    done = _execute(
+        "UPDATE {table} SET state=%s, finished_at=%s, lease_expires_at=NULL, live_key=NULL, waiting_reason='', "
+        "result=%s "
+        "WHERE id=%s AND state=%s AND attempts=%s",
+        [JobState.COMPLETED.value, _dt(now), (result or "")[:2000], job.pk, JobState.ACTIVE.value, job.attempts])
+    if done:
+        log_job_event("completed", job, duration_ms=_ms(job.started_at, now))
+    else:
+        logger.warning("job %s attempt %s finished after losing its lease; result not recorded",
+                       job.pk, job.attempts)
+    return bool(done)
+
+
+def _error_entry(job: Job, message: str, tb: str, now: datetime) -> dict:
+    return {"attempt": job.attempts, "at": now.isoformat(), "worker": job.worker,
+            "error": message[:2000], "traceback": tb[-MAX_TRACEBACK_CHARS:]}
+
+
+def _record_failure(job: Job, running, *, error: str, tb: str, now: datetime, permanent: bool,
+                    retry_in: float) -> str | None:
+    """The one place a failed attempt is written: its error kept with the others, then
+    retry after `retry_in` seconds, or dead when permanent or out of retries. `running`
+    is the conditional queryset that fences the attempt. None if the job moved meanwhile."""
+    errors = (list(job.errors or []) + [_error_entry(job, error, tb, now)])[-MAX_ERRORS_KEPT:]
+    if permanent or job.attempts - 1 >= job.max_retries:
+        state, changes = JobState.DEAD, {"finished_at": now, "live_key": None}
+    else:
+        state, changes = JobState.RETRY, {"run_at": now + timedelta(seconds=retry_in)}
+    updated = running.update(state=state, last_error=f"{error}\n\n{tb}".strip()[:MAX_TRACEBACK_CHARS],
+                             errors=errors, lease_expires_at=None, waiting_reason="", **changes)
+    if not updated:
+        return None
+    job.state = state
+    return state
+
+
+def job_fail(job: Job, *, error: str, tb: str = "", permanent: bool = False) -> str:
+    """Record a failed attempt: retry with backoff, or dead when permanent or out of retries.
+    Returns the new state."""
+    now = timezone.now()
+    state = _record_failure(job, _running(job), error=error, tb=tb, now=now, permanent=permanent,
+                            retry_in=backoff_delay(job.attempts))
+    if state is None:
+        logger.warning("job %s attempt %s failed after losing its lease: %s", job.pk, job.attempts, error)
+        return job.state
+    if state == JobState.DEAD:
+        log_job_event("dead", job, level=logging.ERROR, error=error[:500], permanent=permanent,
+                      duration_ms=_ms(job.started_at, now))
+    else:
+        log_job_event("retried", job, level=logging.WARNING, error=error[:500],
+                      retry_in_s=backoff_delay(job.attempts))
+    return state
+
+
+def job_snooze(job: Job, *, until: datetime, reason: str) -> bool:
+    """Put a running job back to wait until `until` without spending a retry. The reason is
+    not an error: it goes to waiting_reason, and last_error keeps only real errors."""
+    done = _running(job).update(state=JobState.SCHEDULED, run_at=until, attempts=F("attempts") - 1,
+                                lease_expires_at=None, waiting_reason=reason[:2000])
+    if done:
+        log_job_event("snoozed", job, until=until.isoformat(), reason=reason)
+    return bool(done)
+
+
+def job_put_back(job: Job, *, reason: str) -> bool:
+    """A worker picked up a job it must not run now (queue paused): back to scheduled,
+    attempt not counted."""
+    done = _running(job).update(state=JobState.SCHEDULED, run_at=timezone.now(),
+                                attempts=F("attempts") - 1, lease_expires_at=None)
+    if done:
+        log_job_event("put_back", job, reason=reason)
+    return bool(done)
+
+
+def _ms(start: datetime | None, end: datetime) -> int | None:
+    return None if start is None else int((end - start).total_seconds() * 1000)
+
+
+def format_exception(exc: BaseException) -> tuple[str, str]:
+    return f"{type(exc).__name__}: {exc}", "".join(
+        traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def job_lease_expired(job: Job, *, now: datetime) -> str | None:
+    """The worker holding `job` stopped renewing its lease (killed, host lost). Run it again
+    at once, counting the lost attempt so a job that kills its worker is not retried
+    forever. Returns the new state, or None if the job moved meanwhile."""
+    error = f"worker lost: lease expired at {job.lease_expires_at.isoformat()} (worker {job.worker or '?'})"
+    state = _record_failure(job, _running(job).filter(lease_expires_at__lt=now), error=error, tb="", now=now,
+                            permanent=False, retry_in=0)
+    if state is not None:
+        log_job_event("lease_expired", job, level=logging.ERROR if state == JobState.DEAD else logging.WARNING,
+                      worker=job.worker, new_state=state)
+    return state
+
+
+def jobs_release_workers(workers: list[str]) -> int:
+    """Jobs running on worker processes that were just killed at shutdown: back to retry at
+    once, the interrupted attempt not counted (it was the shutdown, not the job)."""
+    if not workers:
+        return 0
+    return Job.objects.filter(state=JobState.ACTIVE, worker__in=workers).update(
+        state=JobState.RETRY, run_at=timezone.now(), attempts=F("attempts") - 1, lease_expires_at=None,
+        last_error="interrupted by shutdown; will run again")

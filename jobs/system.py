@@ -1,0 +1,110 @@
+"""The engine's own job types: one slot of a periodic schedule, and the no-op used by demos,
+tests and benchmarks. The engine's periodic tasks (health check, cleanup) are declared where
+they are defined (jobs/health.py, jobs/maintenance.py) and imported here to register them."""
+
+from __future__ import annotations
+
+import ast
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.utils import timezone
+
+from jobs import health, maintenance  # noqa: F401  (declare their periodic tasks)
+from jobs.errors import PayloadError, PermanentError
+from jobs.payloads import Payload
+from jobs.registry import job_type, periodic_by_func, schedulable
+
+logger = logging.getLogger(__name__)
+
+SYSTEM_PERIODIC = "system:periodic"
+SYSTEM_NOOP = "system:noop"
+
+
+@dataclass
+class PeriodicPayload(Payload):
+    """A slot of a django-q2 Schedule row, fired by the dispatcher."""
+
+    schedule_id: int
+    name: str
+    func: str
+    slot: datetime
+    args: str = ""
+    kwargs: str = ""
+
+
+@dataclass
+class NoopPayload(Payload):
+    """For demos, benchmarks and tests: sleeps, or fails its first `fail_times` attempts;
+    with a marker, appends "job_id:attempt" to the Redis list nextevent:noop:<marker>."""
+
+    sleep: float = 0.0
+    fail_times: int = 0
+    permanent: bool = False
+    marker: str = ""
+
+    def validate(self):
+        if not 0 <= self.sleep <= 600:
+            raise PayloadError("sleep", f"must be a number of seconds from 0 to 600, got {self.sleep!r}")
+        if self.fail_times < 0:
+            raise PayloadError("fail_times", "must be >= 0")
+        if len(self.marker) > 64:
+            raise PayloadError("marker", "must be at most 64 characters")
+
+
+def load_periodic_call(func: str, args: str, kwargs: str, *, name: str):
+    """The declared periodic function for a Schedule row, with its literal args. A row that
+    names anything else (`os.system`, a typo, a function removed since) is refused: people
+    who can edit Schedule rows in the admin must not be able to run arbitrary code."""
+    declared = periodic_by_func(func)
+    if declared is None:
+        raise PermanentError(f"schedule {name!r}: {func!r} is not a declared periodic task; "
+                             "declare it with @jobs.registry.periodic in its app's jobs.py")
+    try:
+        args_value = ast.literal_eval(args) if args else ()
+        kwargs_value = ast.literal_eval(kwargs) if kwargs else {}
+    except (ValueError, SyntaxError) as exc:
+        raise PermanentError(f"schedule {name!r}: cannot read args/kwargs of {func!r}: {exc}") from exc
+    if not isinstance(args_value, tuple):
+        args_value = (args_value,)
+    if not isinstance(kwargs_value, dict):
+        raise PermanentError(f"schedule {name!r}: kwargs must be a dict literal")
+    return declared.function, args_value, kwargs_value
+
+
+@job_type(SYSTEM_PERIODIC, queue="critical", timeout=600, max_retries=3, payload=PeriodicPayload,
+          subject="schedule:{name}", description="one slot of a periodic schedule")
+def handle_system_periodic(payload: PeriodicPayload, job) -> str:
+    """Run one slot of a django-q2 Schedule row: its declared function with its args."""
+    try:
+        function, args, kwargs = load_periodic_call(payload.func, payload.args, payload.kwargs, name=payload.name)
+    except PermanentError as exc:
+        logger.error("periodic job %s refused: %s", job.pk, exc)
+        raise
+    result = function(*args, **kwargs)
+    return "" if result is None else str(result)
+
+
+@job_type(SYSTEM_NOOP, queue="default", timeout=60, max_retries=3, payload=NoopPayload,
+          description="demo / benchmark job")
+def handle_system_noop(payload: NoopPayload, job) -> str:
+    if payload.marker:
+        # Demos and tests watch this list to see every run of every attempt.
+        from nextevent.redis import get_redis
+
+        get_redis().rpush(f"nextevent:noop:{payload.marker}", f"{job.pk}:{job.attempts}")
+    if payload.sleep:
+        time.sleep(payload.sleep)
+    if job.attempts <= payload.fail_times:
+        if payload.permanent:
+            raise PermanentError(f"demo permanent failure (attempt {job.attempts})")
+        raise RuntimeError(f"demo failure {job.attempts} of {payload.fail_times}")
+    return payload.marker or "ok"
+
+
+@schedulable
+def periodic_noop() -> str:
+    """For trying a schedule from the admin (and for tests): returns the time it ran."""
+    return timezone.now().isoformat()

@@ -1,0 +1,188 @@
+"""`wechat:publishing`: submit the draft at most once, then follow it. The push settles it
+at once (wechat/services/callback.py); polling freepublish/get, sparingly, is the fallback.
+A submit that got no answer is looked for in the publish records (freepublish/batchget)
+and submitted again only when it is certainly not there."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db.models import F
+from django.utils import timezone
+
+from jobs.errors import PermanentError, Snooze
+from wechat.client import WechatClient, WechatError, WechatOutcomeUnknown, WechatPermanentError, WechatQuotaExhausted
+from wechat.models import ArticleState, WechatArticle
+from wechat.services.callback import apply_publish_result
+from wechat.services.errors import as_job_errors, note
+from wechat.services.quota import next_quota_reset, spend_daily_budget
+from wechat.services.records import CLOCK_SLACK, is_ours, pages
+
+logger = logging.getLogger("wechat.services")
+
+
+def wechat_publish(*, news_id: int, draft_id: str) -> str:
+    article = WechatArticle.objects.select_related("news").filter(news_id=news_id).first()
+    if article is None:
+        logger.info("wechat publish: news %s has no WeChat article (deleted?); nothing to do", news_id)
+        return "no WeChat article for this news item"
+    if article.draft_media_id != draft_id:
+        logger.info("wechat publish: news %s job for draft %s is stale (article has %r)", news_id, draft_id,
+                    article.draft_media_id)
+        return "stale: the article has another draft"
+    if article.state == ArticleState.DRAFTED:
+        return _submit(article, claim_from=ArticleState.DRAFTED)
+    if article.state == ArticleState.SUBMITTING:
+        # We hold this job, so the attempt that set SUBMITTING is gone (crashed, or its lease
+        # was taken over) and nobody knows whether WeChat accepted its submit.
+        _begin_check(article, "an earlier attempt stopped during freepublish/submit")
+        article.refresh_from_db()
+    if article.state == ArticleState.CHECKING:
+        return _reconcile(article)
+    if article.state == ArticleState.PUBLISHING:
+        return _poll(article)
+    return f"article is {article.state}; nothing to do"
+
+
+def _submit(article: WechatArticle, *, claim_from: str) -> str:
+    # Never a draft that has a publish_id: that submit was accepted.
+    claimed = WechatArticle.objects.filter(pk=article.pk, state=claim_from, publish_id="").update(
+        state=ArticleState.SUBMITTING, submitted_at=timezone.now())
+    if not claimed:
+        return "another attempt is submitting this draft"
+    with as_job_errors(article):
+        client = WechatClient.from_settings()
+        try:
+            publish_id = client.submit_publish(article.draft_media_id)
+        except WechatOutcomeUnknown as exc:
+            _begin_check(article, str(exc))
+            raise Snooze(_first_check_at(article), f"freepublish/submit got no answer ({exc}); looking for the "
+                                              "publication in freepublish/batchget before submitting again"
+                         ) from None
+        except WechatError:
+            # WeChat answered with an error: the draft was not accepted; back to submittable.
+            WechatArticle.objects.filter(pk=article.pk, state=ArticleState.SUBMITTING).update(state=claim_from)
+            raise
+    # CHECKING and UNKNOWN too: this worker was thought dead but its call did go through.
+    WechatArticle.objects.filter(
+        pk=article.pk, state__in=[ArticleState.SUBMITTING, ArticleState.CHECKING, ArticleState.UNKNOWN]).update(
+        state=ArticleState.PUBLISHING, publish_id=publish_id, last_error="")
+    logger.info("wechat publish: news %s draft %s submitted as publish %s", article.news_id,
+                article.draft_media_id, publish_id)
+    raise Snooze(timezone.now() + timedelta(seconds=settings.WECHAT_POLL_FIRST),
+                 f"submitted as publish {publish_id}; waiting for WeChat to publish")
+
+
+def _begin_check(article: WechatArticle, why: str) -> None:
+    message = f"freepublish/submit outcome unknown ({why}); checking freepublish/batchget before submitting again"
+    WechatArticle.objects.filter(pk=article.pk, state=ArticleState.SUBMITTING).update(
+        state=ArticleState.CHECKING, last_error=message[:2000])
+    article.refresh_from_db(fields=["state", "submitted_at", "last_error"])
+    logger.warning("wechat publish: news %s: %s", article.news_id, message)
+
+
+def _first_check_at(article: WechatArticle) -> datetime:
+    """A submit still in flight (its worker thought dead, its answer late) is over by
+    WECHAT_RECONCILE_DELAY after it was sent: only then is its absence from the records news."""
+    return (article.submitted_at or timezone.now()) + timedelta(seconds=settings.WECHAT_RECONCILE_DELAY)
+
+
+def _next_check_at(article: WechatArticle) -> datetime:
+    wait = settings.WECHAT_RECONCILE_DELAY * 2 ** min(article.reconcile_checks, 10)
+    return timezone.now() + timedelta(seconds=min(wait, max(settings.WECHAT_POLL_MAX_INTERVAL,
+                                                            settings.WECHAT_RECONCILE_DELAY)))
+
+
+def _reconcile(article: WechatArticle) -> str:
+    """After a submit with no answer: adopt the publication if WeChat made it; submit again
+    only if it certainly did not (not in the records, and the draft still in the draft box)."""
+    due = _first_check_at(article)
+    if timezone.now() < due:
+        raise Snooze(due, "waiting before looking for the unanswered submit in freepublish/batchget")
+    if article.reconcile_checks >= settings.WECHAT_RECONCILE_MAX_CHECKS:
+        _needs_person(article, f"not found in freepublish/batchget after {article.reconcile_checks} checks while "
+                               "WeChat no longer holds the draft (WECHAT_RECONCILE_MAX_CHECKS)")
+    WechatArticle.objects.filter(pk=article.pk).update(reconcile_checks=F("reconcile_checks") + 1)
+    article.reconcile_checks += 1
+    client = WechatClient.from_settings()
+    try:
+        with as_job_errors(article, permanent=False):
+            found = _find_publication(client, article)
+            if found is None:
+                draft_there = _draft_exists(client, article.draft_media_id)
+    except (WechatQuotaExhausted, WechatPermanentError) as exc:
+        _needs_person(article, f"the publish records could not be searched: {exc}")
+    if found is not None:
+        article_id, url = found
+        WechatArticle.objects.filter(pk=article.pk, state=ArticleState.CHECKING).update(
+            state=ArticleState.PUBLISHED, article_id=article_id, article_url=url[:1024], publish_status=0,
+            published_at=timezone.now(), last_error="")
+        logger.info("wechat publish: news %s: the unanswered submit was accepted; published as %s", article.news_id,
+                    article_id)
+        return f"published: found in freepublish/batchget as article {article_id}"
+    if draft_there:
+        logger.warning("wechat publish: news %s: the unanswered submit did not publish; submitting draft %s again",
+                       article.news_id, article.draft_media_id)
+        return _submit(article, claim_from=ArticleState.CHECKING)
+    # WeChat took the draft out of the box: the submit was accepted and is still publishing
+    # (or failed, or a person removed the draft). Look again later.
+    raise Snooze(_next_check_at(article), f"draft {article.draft_media_id} left the draft box but is not in "
+                                      f"freepublish/batchget yet (check {article.reconcile_checks})")
+
+
+def _find_publication(client: WechatClient, article: WechatArticle) -> tuple[str, str] | None:
+    since = (article.submitted_at or article.drafted_at or article.created_at) - CLOCK_SLACK
+    for item in pages(client.list_published):
+        if is_ours(item, article, since=since):
+            news_items = (item.get("content") or {}).get("news_item") or [{}]
+            return str(item.get("article_id") or ""), str(news_items[0].get("url") or "")
+    return None
+
+
+def _draft_exists(client: WechatClient, media_id: str) -> bool:
+    try:
+        client.get_draft(media_id)
+    except WechatPermanentError as exc:
+        if exc.errcode == 40007:  # invalid media_id: no such draft in the box
+            return False
+        raise
+    return True
+
+
+def _needs_person(article: WechatArticle, why: str):
+    message = (f"freepublish/submit outcome unknown: {why}. Submitting again could publish twice: check the "
+               "account's publish records, then in the admin use 'it was published', 'it was not published' "
+               "or 'check WeChat again'")
+    WechatArticle.objects.filter(pk=article.pk, state__in=[ArticleState.CHECKING, ArticleState.SUBMITTING]).update(
+        state=ArticleState.UNKNOWN, last_error=message[:2000])
+    logger.error("wechat publish: news %s: %s", article.news_id, message)
+    raise PermanentError(message)
+
+
+def _poll(article: WechatArticle) -> str:
+    if article.polls >= settings.WECHAT_MAX_POLLS:
+        # Left in PUBLISHING: a late PUBLISHJOBFINISH push can still settle it.
+        raise PermanentError(f"publish {article.publish_id} still not settled after {article.polls} polls "
+                             "(WECHAT_MAX_POLLS)")
+    if not spend_daily_budget("freepublish/get", settings.WECHAT_POLLS_PER_DAY):
+        message = (f"publish {article.publish_id}: today's WECHAT_POLLS_PER_DAY ({settings.WECHAT_POLLS_PER_DAY}) "
+                   "freepublish/get calls are spent; polling again tomorrow (the push can settle it before)")
+        note(article, message)
+        raise Snooze(next_quota_reset(), message)
+    WechatArticle.objects.filter(pk=article.pk).update(polls=F("polls") + 1)
+    with as_job_errors(article):
+        data = WechatClient.from_settings().get_publish_status(article.publish_id)
+    detail = data.get("article_detail") or {}
+    apply_publish_result(
+        article.publish_id, status=int(data.get("publish_status", -1)), article_id=str(data.get("article_id") or ""),
+        urls=[item.get("article_url", "") for item in detail.get("item") or []], fail_idx=data.get("fail_idx") or [])
+    article.refresh_from_db(fields=["state", "last_error"])
+    if article.state == ArticleState.PUBLISHING:  # still publishing
+        wait = min(settings.WECHAT_POLL_FIRST * 2 ** (article.polls + 1), settings.WECHAT_POLL_MAX_INTERVAL)
+        raise Snooze(timezone.now() + timedelta(seconds=wait), f"publish {article.publish_id} still in progress")
+    if article.state == ArticleState.FAILED:
+        raise PermanentError(article.last_error)
+    return f"published: {article.publish_id}"
+
