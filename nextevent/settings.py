@@ -177,6 +177,13 @@ WECHAT_CONNECT_TIMEOUT = env.float("WECHAT_CONNECT_TIMEOUT", 5, min_value=0.1)
 WECHAT_READ_TIMEOUT = env.float("WECHAT_READ_TIMEOUT", 30, min_value=0.1)
 # The "Token" of the account's server settings: signs the callback URL's requests.
 WECHAT_TOKEN = env.str("WECHAT_TOKEN", "")
+# The callback's signature covers only token, timestamp and nonce (never the body): a push is
+# accepted only if its timestamp is within this many seconds of our clock, and each nonce once
+# (remembered in Redis for twice this). Bodies are capped at WECHAT_CALLBACK_MAX_BYTES, and a
+# pushed article_url must be https on one of WECHAT_ARTICLE_HOSTS. See wechat/callback_security.py.
+WECHAT_CALLBACK_WINDOW = env.int("WECHAT_CALLBACK_WINDOW", 300, min_value=10, max_value=86400)
+WECHAT_CALLBACK_MAX_BYTES = env.int("WECHAT_CALLBACK_MAX_BYTES", 64 * 1024, min_value=1024, max_value=1024 * 1024)
+WECHAT_ARTICLE_HOSTS = env.list("WECHAT_ARTICLE_HOSTS", ["mp.weixin.qq.com"])
 # Off: stop at the draft (unverified subscription accounts cannot use freepublish: 48001).
 WECHAT_AUTO_PUBLISH = env.bool("WECHAT_AUTO_PUBLISH", True)
 # Permanent media id used as the cover when a news item has none; unset, the cover shipped in
