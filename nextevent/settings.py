@@ -202,6 +202,9 @@ WECHAT_CONTENT_MAX_CHARS = env.int("WECHAT_CONTENT_MAX_CHARS", 20000, min_value=
 WECHAT_IMAGE_MAX_BYTES = env.int("WECHAT_IMAGE_MAX_BYTES", 1_000_000, min_value=1024)
 WECHAT_IMAGE_HOSTS = env.list("WECHAT_IMAGE_HOSTS", [])
 WECHAT_IMAGE_ALLOW_PRIVATE = env.bool("WECHAT_IMAGE_ALLOW_PRIVATE", False)
+# One deadline for a whole image download, redirects included (the per-read timeout alone
+# lets a server sending one byte at a time hold a worker until the job times out).
+WECHAT_IMAGE_DEADLINE = env.float("WECHAT_IMAGE_DEADLINE", 60, min_value=1)
 # freepublish/get costs one of 100 calls a day: the PUBLISHJOBFINISH push is the main path,
 # polling (doubling from FIRST up to MAX_INTERVAL, at most MAX_POLLS times) the fallback.
 WECHAT_POLL_FIRST = env.float("WECHAT_POLL_FIRST", 60, min_value=0.1)

@@ -50,7 +50,8 @@ def parse_strict(url: str, *, schemes: tuple[str, ...] = ("http", "https")) -> S
         raise UnsafeUrl(f"URL cannot be parsed: {exc}") from None
     scheme = (parsed.scheme or "").lower()
     if scheme not in schemes or not parsed.host:
-        raise UnsafeUrl(f"only absolute {'/'.join(schemes)} URLs are accepted")
+        label = "http(s)" if set(schemes) == {"http", "https"} else "/".join(schemes)
+        raise UnsafeUrl(f"only absolute {label} URLs are accepted")
     if parsed.auth is not None or "@" in (split.netloc or ""):
         raise UnsafeUrl("URL has user info (user@host)")
     host = parsed.host.lower().strip("[]")
