@@ -165,3 +165,55 @@ def test_a_malformed_signature_query_is_a_403(client, publishing, query):
 def test_a_non_ascii_echostr_is_refused_on_the_server_check(client, fake_wechat):
     assert callback(client, method="get", echostr="%C3%A9").status_code == 400
     assert callback(client, method="get", echostr="123abc").content == b"123abc"
+
+
+# ---------------------------------------------------------------- fuzzing
+
+
+def fuzz_event():
+    from hypothesis import strategies as st
+
+    # Mostly the values that matter (the known publish_id, status 0, the edge cases), some noise.
+    edge = st.sampled_from(["0", "0", "3", "7", "99999", "-1", "\u00b2", "9" * 5000, " 3 ", "", "<", "]]>", "&amp;"])
+    text = st.one_of(edge, edge, st.text(max_size=40))
+    url = st.one_of(st.sampled_from(["https://mp.weixin.qq.com/s/ok", "javascript:alert(1)", "https://evil.example/",
+                                     "https://mp.weixin.qq.com\\@evil.example/", "http://mp.weixin.qq.com/"]), text)
+
+    def xml_escape(value: str) -> str:
+        return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+    def build(publish_id, status, article_id, urls, fails, raw_tail):
+        items = "".join(f"<item><idx>1</idx><article_url>{xml_escape(u)}</article_url></item>" for u in urls)
+        fail = "".join(f"<fail_idx>{xml_escape(f)}</fail_idx>" for f in fails)
+        return (f"<xml><MsgType>event</MsgType><Event>PUBLISHJOBFINISH</Event><PublishEventInfo>"
+                f"<publish_id>{xml_escape(publish_id)}</publish_id><publish_status>{xml_escape(status)}"
+                f"</publish_status><article_id>{xml_escape(article_id)}</article_id><article_detail>{items}"
+                f"</article_detail>{fail}</PublishEventInfo></xml>").encode("utf-8", "surrogatepass") + raw_tail
+
+    return st.one_of(
+        st.builds(build, st.one_of(st.just("2247483647"), st.just("2247483647"), text), text, text,
+                  st.lists(url, max_size=3),
+                  st.lists(text, max_size=3), st.one_of(st.just(b""), st.binary(max_size=20))),
+        st.binary(max_size=300),
+    )
+
+
+def test_any_signed_body_gets_a_2xx_or_4xx_and_a_refused_one_changes_nothing(client, publishing):
+    from hypothesis import HealthCheck, given
+    from hypothesis import settings as hsettings
+
+    @hsettings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(body=fuzz_event())
+    def check(body):
+        WechatArticle.objects.filter(pk=publishing.pk).update(state=ArticleState.PUBLISHING, article_url="",
+                                                              publish_status=None, last_error="")
+        before = snapshot(publishing)
+        response = callback(client, body)
+        assert response.status_code in (200, 400, 413), (response.status_code, response.content[:200])
+        if response.status_code != 200:
+            assert snapshot(publishing) == before
+        else:
+            url = WechatArticle.objects.get(pk=publishing.pk).article_url
+            assert url == "" or url.startswith("https://mp.weixin.qq.com/")
+
+    check()
