@@ -80,6 +80,21 @@ def test_the_nonce_is_remembered_in_redis_for_the_window(client, publishing, set
     assert 2 * settings.WECHAT_CALLBACK_WINDOW <= ttl <= 2 * settings.WECHAT_CALLBACK_WINDOW + 60
 
 
+def test_without_redis_to_remember_nonces_the_callback_answers_503_and_changes_nothing(client, publishing, settings):
+    from nextevent.redis import get_redis
+
+    before = snapshot(publishing)
+    settings.REDIS = {"host": "127.0.0.1", "port": 1, "db": 0, "socket_connect_timeout": 1}
+    get_redis.cache_clear()
+    try:
+        response = callback(client, publish_event_xml(publishing.publish_id, 0, "A1", "https://mp.weixin.qq.com/s/x"))
+    finally:
+        get_redis.cache_clear()
+
+    assert response.status_code == 503 and b"nonce" in response.content
+    assert snapshot(publishing) == before
+
+
 @pytest.mark.parametrize("url", [
     "javascript:alert(document.cookie)",
     "http://mp.weixin.qq.com/s/x",
