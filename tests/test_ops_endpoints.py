@@ -223,7 +223,8 @@ def test_metrics_are_closed_without_a_token_unless_made_public(client, settings)
 
     response = client.get("/metrics")
 
-    assert response.status_code == 403 and b"METRICS_TOKEN" in response.content and b"METRICS_PUBLIC" in response.content
+    assert response.status_code == 403
+    assert b"METRICS_TOKEN" in response.content and b"METRICS_PUBLIC" in response.content
     settings.METRICS_PUBLIC = True
     assert client.get("/metrics").status_code == 200
 
