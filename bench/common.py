@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def setup_django(db_name: str, redis_db: str) -> None:
     os.environ.setdefault("DB_NAME", db_name)
     os.environ.setdefault("REDIS_DB", redis_db)
-    os.environ.setdefault("DJANGO_SECRET_KEY", "bench-only-secret-key")
+    # At least 50 characters: outside debug the settings refuse a weaker key.
+    os.environ.setdefault("DJANGO_SECRET_KEY", "bench-only-secret-key-never-in-production-0123456789")
     os.environ.setdefault("LOG_FORMAT", "plain")
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "nextevent.settings")

@@ -75,3 +75,8 @@ class QueuePauseAdmin(admin.ModelAdmin):
 class HeartbeatAdmin(admin.ModelAdmin):
     list_display = ("name", "kind", "seen_at")
     readonly_fields = ("name", "kind", "seen_at", "details")
+
+
+# django-q2's admin, with permission-checked actions (imports django_q.admin first, so its
+# registrations exist to be replaced whatever the order of INSTALLED_APPS).
+from jobs import django_q_admin  # noqa: E402,F401

@@ -6,6 +6,8 @@ deployment stops start-up with one readable line instead of a traceback deep in 
 
 from __future__ import annotations
 
+import os
+import secrets
 from pathlib import Path
 
 import environ
@@ -158,3 +160,50 @@ def describe_redis(config: dict) -> str:
     if "unix_socket_path" in config:
         return f"unix:{config['unix_socket_path']}"
     return f"{config['host']}:{config['port']}/{config['db']}"
+
+
+SECRET_KEY_MIN_LENGTH = 50
+SECRET_KEY_MIN_UNIQUE = 5
+
+
+def check_secret_key(key: str) -> None:
+    """Django's own rule for a strong key (check --deploy's security.W009), enforced at start-up."""
+    if len(key) < SECRET_KEY_MIN_LENGTH or len(set(key)) < SECRET_KEY_MIN_UNIQUE or key.startswith("django-insecure-"):
+        raise ConfigError(
+            f"DJANGO_SECRET_KEY is too weak ({len(key)} characters, {len(set(key))} different): it needs at least "
+            f"{SECRET_KEY_MIN_LENGTH} characters with at least {SECRET_KEY_MIN_UNIQUE} different ones; generate one "
+            f"with: python -c 'import secrets; print(secrets.token_urlsafe(50))'")
+
+
+def generated_secret_key(path: Path | str) -> str:
+    """The key in `path`, created (0600, random) by the first process that needs it. Created
+    under another name and linked into place, so processes starting together agree on one."""
+    path = Path(path)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(50) + "\n")
+            try:
+                os.link(tmp, path)  # fails if another process linked its key first: use that one
+            except FileExistsError:
+                pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    key = path.read_text().strip()
+    if len(key) < SECRET_KEY_MIN_LENGTH:
+        raise ConfigError(f"the generated secret key in {path} is damaged (delete the file to make a new one)")
+    return key
+
+
+def proxy_ssl_header(value: str) -> tuple[str, str] | None:
+    """DJANGO_SECURE_PROXY_SSL_HEADER: "X-Forwarded-Proto" or "X-Forwarded-Proto: https"."""
+    if not value.strip():
+        return None
+    name, _, expected = value.partition(":")
+    name, expected = name.strip(), expected.strip() or "https"
+    if not name or not all(c.isalnum() or c == "-" for c in name):
+        raise ConfigError(f"DJANGO_SECURE_PROXY_SSL_HEADER must be a header name like X-Forwarded-Proto, got {value!r}")
+    return "HTTP_" + name.upper().replace("-", "_"), expected

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import secrets
-
 from jobs.queues import DEFAULT_WORKERS
 from nextevent.config import (
     BASE_DIR,
     ConfigError,
     Env,
+    check_secret_key,
     database_config,
     embedded_enabled,
+    generated_secret_key,
+    proxy_ssl_header,
     read_dotenv,
     redis_config,
 )
@@ -22,20 +23,22 @@ EMBEDDED = embedded_enabled(env)
 DEBUG = env.bool("DJANGO_DEBUG", False)
 
 
+# Production: neither debug nor embedded. Secure defaults below (HTTPS, HSTS, secure cookies,
+# a strong key, closed /metrics) apply only there; each is still configurable.
+PRODUCTION = not DEBUG and not EMBEDDED
+
+
 def _secret_key() -> str:
     key = env.str("DJANGO_SECRET_KEY", "")
     if key:
+        if PRODUCTION:
+            check_secret_key(key)
         return key
-    if EMBEDDED:
-        # Every process must sign django-q2 payloads with the same key, so persist one.
-        path = BASE_DIR / "var" / "secret_key"
-        path.parent.mkdir(exist_ok=True)
-        if not path.exists():
-            path.write_text(secrets.token_urlsafe(50))
-            path.chmod(0o600)
-        return path.read_text().strip()
-    if DEBUG:
-        return "insecure-debug-only-key-do-not-use-in-production"
+    if EMBEDDED or DEBUG:
+        # Never a constant: a key known to others lets anyone who can write to Redis sign a
+        # task the workers run. Every process must sign django-q2 payloads with the same
+        # key, so one is generated once and reused.
+        return generated_secret_key(env.str("DJANGO_SECRET_KEY_FILE", "") or BASE_DIR / "var" / "secret_key")
     raise ConfigError("DJANGO_SECRET_KEY is required (unless DJANGO_DEBUG=1 or NEXTEVENT_EMBEDDED=1)")
 
 
@@ -105,6 +108,23 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", 5 * 1024 * 
 
 SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
+
+# --- HTTPS (production defaults; `manage.py check --deploy` passes with them) ---
+# Behind a proxy that terminates TLS, name the header it sets, e.g. "X-Forwarded-Proto"
+# (value https) or "X-Forwarded-Proto: https". Only if the proxy always sets or overwrites it:
+# otherwise a client could claim HTTPS.
+SECURE_PROXY_SSL_HEADER = proxy_ssl_header(env.str("DJANGO_SECURE_PROXY_SSL_HEADER", ""))
+SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", PRODUCTION)
+# Probes and scrapers often call over plain HTTP inside the network: no redirect for them.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", 31_536_000 if PRODUCTION else 0, min_value=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = env.bool("DJANGO_SECURE_HSTS_PRELOAD", False)
+SESSION_COOKIE_SECURE = env.bool("DJANGO_SECURE_COOKIES", PRODUCTION)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+# Preloading is a request to browser vendors to hard-code the domain: an explicit choice per
+# domain, not a default. check --deploy would warn about it (W021) on every start.
+SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
 
 # --- Redis: one set of connection keywords for every client in the project ---
 REDIS = redis_config(env, embedded=EMBEDDED)
@@ -182,6 +202,13 @@ WECHAT_CONNECT_TIMEOUT = env.float("WECHAT_CONNECT_TIMEOUT", 5, min_value=0.1)
 WECHAT_READ_TIMEOUT = env.float("WECHAT_READ_TIMEOUT", 30, min_value=0.1)
 # The "Token" of the account's server settings: signs the callback URL's requests.
 WECHAT_TOKEN = env.str("WECHAT_TOKEN", "")
+# The callback's signature covers only token, timestamp and nonce (never the body): a push is
+# accepted only if its timestamp is within this many seconds of our clock, and each nonce once
+# (remembered in Redis for twice this). Bodies are capped at WECHAT_CALLBACK_MAX_BYTES, and a
+# pushed article_url must be https on one of WECHAT_ARTICLE_HOSTS. See wechat/callback_security.py.
+WECHAT_CALLBACK_WINDOW = env.int("WECHAT_CALLBACK_WINDOW", 300, min_value=10, max_value=86400)
+WECHAT_CALLBACK_MAX_BYTES = env.int("WECHAT_CALLBACK_MAX_BYTES", 64 * 1024, min_value=1024, max_value=1024 * 1024)
+WECHAT_ARTICLE_HOSTS = env.list("WECHAT_ARTICLE_HOSTS", ["mp.weixin.qq.com"])
 # Off: stop at the draft (unverified subscription accounts cannot use freepublish: 48001).
 WECHAT_AUTO_PUBLISH = env.bool("WECHAT_AUTO_PUBLISH", True)
 # Permanent media id used as the cover when a news item has none; unset, the cover shipped in
@@ -200,6 +227,9 @@ WECHAT_CONTENT_MAX_CHARS = env.int("WECHAT_CONTENT_MAX_CHARS", 20000, min_value=
 WECHAT_IMAGE_MAX_BYTES = env.int("WECHAT_IMAGE_MAX_BYTES", 1_000_000, min_value=1024)
 WECHAT_IMAGE_HOSTS = env.list("WECHAT_IMAGE_HOSTS", [])
 WECHAT_IMAGE_ALLOW_PRIVATE = env.bool("WECHAT_IMAGE_ALLOW_PRIVATE", False)
+# One deadline for a whole image download, redirects included (the per-read timeout alone
+# lets a server sending one byte at a time hold a worker until the job times out).
+WECHAT_IMAGE_DEADLINE = env.float("WECHAT_IMAGE_DEADLINE", 60, min_value=1)
 # freepublish/get costs one of 100 calls a day: the PUBLISHJOBFINISH push is the main path,
 # polling (doubling from FIRST up to MAX_INTERVAL, at most MAX_POLLS times) the fallback.
 WECHAT_POLL_FIRST = env.float("WECHAT_POLL_FIRST", 60, min_value=0.1)
@@ -230,9 +260,11 @@ if ALERT_WEBHOOK_URL and not ALERT_WEBHOOK_URL.startswith(("http://", "https://"
 ALERT_WEBHOOK_TIMEOUT = env.float("ALERT_WEBHOOK_TIMEOUT", 5, min_value=0.1)
 # One alert per condition (e.g. "dead jobs on news") per this many minutes, across processes.
 ALERT_REPEAT_MINUTES = env.int("ALERT_REPEAT_MINUTES", 30, min_value=1)
-# Bearer token for /metrics and for /readyz's details. Empty: /metrics is open (restrict it
-# at the proxy) and /readyz details are shown to staff sessions only.
+# Bearer token for /metrics and for /readyz's details. Without it /metrics answers 403
+# unless METRICS_PUBLIC=1 (on by default only in debug and embedded mode: restrict it at the
+# proxy then); /readyz details are shown to staff with jobs.view_job only.
 METRICS_TOKEN = env.str("METRICS_TOKEN", "")
+METRICS_PUBLIC = env.bool("METRICS_PUBLIC", not PRODUCTION)
 # A scrape runs a few bounded ledger queries; repeated requests within this reuse the answer.
 METRICS_CACHE_SECONDS = env.float("METRICS_CACHE_SECONDS", 2, min_value=0)
 READYZ_HEARTBEAT_MAX_AGE = env.int("READYZ_HEARTBEAT_MAX_AGE", 90, min_value=1)

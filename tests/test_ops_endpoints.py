@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 import redis as redis_lib
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Permission, User
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -64,6 +64,7 @@ def own_redis(settings):
 def no_metrics_cache(settings):
     settings.METRICS_CACHE_SECONDS = 0
     settings.METRICS_TOKEN = ""
+    settings.METRICS_PUBLIC = True  # the tests below read /metrics without a token
 
 
 def fresh_health(age: float = 1.0):
@@ -116,7 +117,7 @@ def test_readyz_is_503_when_dead_jobs_pass_the_threshold(client, settings):
     assert response.status_code == 503 and response.json()["checks"]["dead_jobs"] == "fail"
 
 
-def test_readyz_details_need_the_token_or_a_staff_session(client, settings):
+def test_readyz_details_need_the_token_or_a_staff_session_that_may_view_jobs(client, settings):
     settings.METRICS_TOKEN = "probe-token"
     fresh_health(3)
     assert client.get("/readyz").json()["checks"]["dead_jobs"] == "ok"
@@ -126,7 +127,9 @@ def test_readyz_details_need_the_token_or_a_staff_session(client, settings):
     assert 3 <= detailed["health_heartbeat"]["age_s"] < 10
     assert client.get("/readyz", headers={"Authorization": "Bearer wrong"}).json()["checks"]["redis"] == "ok"
 
-    client.force_login(User.objects.create_user("ops", is_staff=True))
+    ops = User.objects.create_user("ops", is_staff=True)
+    ops.user_permissions.add(Permission.objects.get(content_type__app_label="jobs", codename="view_job"))
+    client.force_login(ops)
     assert client.get("/readyz").json()["checks"]["redis"] == {"ok": True}
 
 
@@ -213,6 +216,17 @@ def test_metrics_need_the_bearer_token_when_one_is_set(client, settings):
     assert client.get("/metrics", headers={"Authorization": "Bearer nope"}).status_code == 401
     response = client.get("/metrics", headers={"Authorization": "Bearer scrape-me"})
     assert response.status_code == 200 and "nextevent_jobs" in families(response.content.decode())
+
+
+def test_metrics_are_closed_without_a_token_unless_made_public(client, settings):
+    settings.METRICS_PUBLIC = False
+
+    response = client.get("/metrics")
+
+    assert response.status_code == 403
+    assert b"METRICS_TOKEN" in response.content and b"METRICS_PUBLIC" in response.content
+    settings.METRICS_PUBLIC = True
+    assert client.get("/metrics").status_code == 200
 
 
 def test_metrics_keep_reporting_the_ledger_while_redis_is_down(client, own_redis):

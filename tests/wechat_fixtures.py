@@ -4,11 +4,15 @@ callback URL called as WeChat calls it. Test modules import what they use from h
 
 from __future__ import annotations
 
+import itertools
+import time
+
 import pytest
 
 from devtools.wechat_fake import APP_ID, APP_SECRET, DEFAULT_THUMB, FakeWechat, publish_event_xml, signature  # noqa: F401
 
 CALLBACK_TOKEN = "callback-token"
+_nonces = itertools.count(1)
 
 
 @pytest.fixture
@@ -34,8 +38,9 @@ def wechat_env(fake: FakeWechat, **extra) -> dict[str, str]:
 
 
 def callback(client, body: bytes = b"", *, token=CALLBACK_TOKEN, method="post", **query):
-    """Call /wechat/callback with the Django test client, signed as WeChat signs."""
-    params = {"timestamp": "1700000000", "nonce": "n0nce", **query}
+    """Call /wechat/callback with the Django test client, signed as WeChat signs: the current
+    time and a fresh nonce unless given."""
+    params = {"timestamp": str(int(time.time())), "nonce": f"n{next(_nonces)}x{time.monotonic_ns()}", **query}
     params["signature"] = signature(token, params["timestamp"], params["nonce"])
     url = "/wechat/callback?" + "&".join(f"{k}={v}" for k, v in params.items())
     if method == "get":

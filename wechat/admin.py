@@ -14,6 +14,8 @@ class WechatArticleAdmin(admin.ModelAdmin):
     list_filter = ("state",)
     search_fields = ("=news__id", "news__title", "=publish_id", "=draft_media_id", "=article_id")
     list_select_related = ("news",)
+    # Each action starts WeChat calls (a submit publishes): change permission, checked by
+    # the admin both when offering the action and when running it.
     actions = ["retry", "resolve_published", "resolve_not_published", "resolve_check_again"]
 
     def get_readonly_fields(self, request, obj=None):
@@ -23,20 +25,20 @@ class WechatArticleAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False
 
-    @admin.action(description="Retry (a failed one starts over with a new draft)")
+    @admin.action(description="Retry (a failed one starts over with a new draft)", permissions=["change"])
     def retry(self, request, queryset):
         for article in queryset:
             self.message_user(request, wechat_retry(news_id=article.news_id))
 
-    @admin.action(description="Unknown submit outcome: it WAS published (checked in WeChat)")
+    @admin.action(description="Unknown submit outcome: it WAS published (checked in WeChat)", permissions=["change"])
     def resolve_published(self, request, queryset):
         self._resolve(request, queryset, published=True)
 
-    @admin.action(description="Unknown submit outcome: it was NOT published, submit again")
+    @admin.action(description="Unknown submit outcome: it was NOT published, submit again", permissions=["change"])
     def resolve_not_published(self, request, queryset):
         self._resolve(request, queryset, published=False)
 
-    @admin.action(description="Unknown submit outcome: search WeChat's publish records again")
+    @admin.action(description="Unknown submit outcome: search WeChat's publish records again", permissions=["change"])
     def resolve_check_again(self, request, queryset):
         self._resolve(request, queryset, published=None)
 

@@ -6,11 +6,13 @@ Access:
 - /healthz: open; says only that the process answers.
 - /readyz: open status code and per-check ok/fail (what a probe needs, nothing more);
   the details (error texts, counts, ages) only with `Authorization: Bearer <METRICS_TOKEN>`
-  or to a logged-in staff user.
-- /metrics: with METRICS_TOKEN set, only with that bearer token; without it, open (then
-  restrict it at the proxy). Each answer is reused for METRICS_CACHE_SECONDS.
-- dashboard: the admin site's staff check; pausing needs jobs.add_queuepause and resuming
-  jobs.delete_queuepause (superusers have both). POSTs are CSRF-checked.
+  or to a logged-in staff user with jobs.view_job.
+- /metrics: with METRICS_TOKEN set, only with that bearer token; without it, 403 unless
+  METRICS_PUBLIC is on (then restrict it at the proxy). Each answer is reused for
+  METRICS_CACHE_SECONDS.
+- dashboard: the admin site's staff check and jobs.view_job; pausing needs
+  jobs.add_queuepause and resuming jobs.delete_queuepause (superusers have all). POSTs are
+  CSRF-checked.
 """
 
 from __future__ import annotations
@@ -48,9 +50,13 @@ def _has_token(request) -> bool:
     return given.startswith("Bearer ") and hmac.compare_digest(given[7:].strip().encode(), token.encode())
 
 
-def _is_staff(request) -> bool:
+VIEW_PERMISSION = "jobs.view_job"  # the dashboard and /readyz's details show the ledger
+
+
+def _may_view_jobs(request) -> bool:
     try:
-        return bool(request.user.is_active and request.user.is_staff)
+        user = request.user
+        return bool(user.is_active and user.is_staff and user.has_perm(VIEW_PERMISSION))
     except Exception:  # the session lives in the database, which may be what is down
         return False
 
@@ -105,7 +111,7 @@ def readiness(now=None) -> tuple[bool, dict[str, dict]]:
 @require_GET
 def readyz(request):
     ready, checks = readiness()
-    detailed = _has_token(request) or _is_staff(request)
+    detailed = _has_token(request) or _may_view_jobs(request)
     body = {"status": "ok" if ready else "fail",
             "checks": checks if detailed else {name: "ok" if c["ok"] else "fail" for name, c in checks.items()}}
     if not ready:
@@ -120,6 +126,9 @@ def metrics(request):
         response = HttpResponse("metrics need the bearer token\n", status=401, content_type="text/plain")
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response
+    if not settings.METRICS_TOKEN and not settings.METRICS_PUBLIC:
+        return HttpResponse("metrics are closed: set METRICS_TOKEN (bearer) or METRICS_PUBLIC=1\n", status=403,
+                            content_type="text/plain")
     body, content_type = monitoring_metrics.render(request.headers.get("Accept"),
                                                    cache_seconds=settings.METRICS_CACHE_SECONDS)
     return HttpResponse(body, content_type=content_type)
@@ -151,6 +160,8 @@ def _timing_rows(timings: dict[str, dict]) -> list[dict]:
 
 
 def dashboard(request):
+    if not request.user.has_perm(VIEW_PERMISSION):
+        raise PermissionDenied(f"the jobs dashboard needs the {VIEW_PERMISSION} permission")
     now = timezone.now()
     redis = monitoring.redis_state()
     health = monitoring.health_heartbeat(now)
