@@ -10,13 +10,22 @@ that counted it commits.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from typing import Any
 
 from django.conf import settings
 
+from analytics.validation import (  # noqa: F401 - re-exported: the API's names
+    EVENT_FIELDS,
+    EVENT_TYPES,
+    MAX_METADATA_BYTES,
+    MAX_METADATA_DEPTH,
+    MAX_NEWS_ID,
+    MAX_USER_ID_CHARS,
+    EventError,
+    fields_of,
+    validate_event,
+)
 from nextevent.redis import get_redis
 
 logger = logging.getLogger(__name__)
@@ -27,69 +36,7 @@ THRESHOLD_FLAG_KEY = "nextevent:analytics:threshold-enqueued"
 # most one live, this keeps the hot path off the database while the batch catches up.
 THRESHOLD_COOLDOWN_SECONDS = 5
 
-# The one place to add an event type: its name -> the News running-total field it adds to
-# (None: daily counters only).
-EVENT_TYPES: dict[str, str | None] = {"view": "view_count", "share": "share_count", "like": "like_count"}
-
-EVENT_FIELDS = ("news_id", "event_type", "user_id", "metadata")
-MAX_NEWS_ID = 2**63 - 1
-MAX_USER_ID_CHARS = 64
-MAX_METADATA_BYTES = 4096
 MAX_EVENTS_PER_CALL = 10_000
-
-
-class EventError(ValueError):
-    """An event is invalid. `field` names it; `index` is its place in a batch (else None)."""
-
-    def __init__(self, field: str, message: str, index: int | None = None):
-        self.field = field
-        self.index = index
-        self.message = message
-        where = field if index is None else f"events[{index}].{field}"
-        super().__init__(f"{where}: {message}")
-
-
-def validate_event(news_id: Any, event_type: Any, user_id: Any = None, metadata: Any = None,
-                   *, index: int | None = None) -> dict[bytes, bytes | str | int]:
-    """The stream entry's fields for a valid event: n (news id), t (type), u (user, if
-    any), m (metadata as compact JSON, if any). Raises EventError naming the field."""
-    if isinstance(news_id, bool) or not isinstance(news_id, int) or not 0 < news_id <= MAX_NEWS_ID:
-        raise EventError("news_id", f"must be a positive integer, got {news_id!r}", index)
-    if not isinstance(event_type, str) or event_type not in EVENT_TYPES:
-        raise EventError("event_type", f"must be one of {', '.join(EVENT_TYPES)}, got {event_type!r}", index)
-    fields: dict[bytes, bytes | str | int] = {b"n": news_id, b"t": event_type}
-    if user_id is not None:
-        if isinstance(user_id, bool) or not isinstance(user_id, (int, str)):
-            raise EventError("user_id", f"must be a string or an integer, got {user_id!r}", index)
-        user = str(user_id)
-        if not user or len(user) > MAX_USER_ID_CHARS:
-            raise EventError("user_id", f"must be 1 to {MAX_USER_ID_CHARS} characters, got {user[:80]!r}", index)
-        if user != user.strip():
-            # MariaDB compares strings ignoring trailing spaces: "ann " would be "ann".
-            raise EventError("user_id", f"must not start or end with whitespace, got {user!r}", index)
-        fields[b"u"] = _utf8(user, "user_id", index)
-    if metadata is not None:
-        if not isinstance(metadata, dict):
-            raise EventError("metadata", f"must be a JSON object, got {type(metadata).__name__}", index)
-        try:
-            # allow_nan=False: NaN is not JSON, and MariaDB's JSON check would refuse the
-            # whole chunk later.
-            text = json.dumps(metadata, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise EventError("metadata", f"must be JSON-serialisable: {exc}", index) from None
-        data = _utf8(text, "metadata", index)
-        if len(data) > MAX_METADATA_BYTES:
-            raise EventError("metadata", f"is {len(data)} bytes as JSON; at most {MAX_METADATA_BYTES}", index)
-        if metadata:
-            fields[b"m"] = data
-    return fields
-
-
-def _utf8(text: str, field: str, index: int | None) -> bytes:
-    try:
-        return text.encode()
-    except UnicodeEncodeError:
-        raise EventError(field, "must be valid UTF-8 text (it has a lone surrogate)", index) from None
 
 
 def record_event(*, news_id: int, event_type: str, user_id: int | str | None = None,
@@ -117,7 +64,7 @@ def record_events(events: list[dict]) -> int:
         raise EventError("events", f"must be a list of events, got {type(events).__name__}")
     if len(events) > MAX_EVENTS_PER_CALL:
         raise EventError("events", f"at most {MAX_EVENTS_PER_CALL} per call, got {len(events)}")
-    entries = [_fields_of(event, i) for i, event in enumerate(events)]
+    entries = [fields_of(event, i) for i, event in enumerate(events)]
     if not entries:
         return 0
     pipe = get_redis().pipeline(transaction=False)
@@ -127,19 +74,6 @@ def record_events(events: list[dict]) -> int:
     results = pipe.execute()
     _after_length_check(results[-1])
     return len(entries)
-
-
-def _fields_of(event: Any, index: int) -> dict:
-    if not isinstance(event, dict):
-        raise EventError("event", f"must be a JSON object, got {type(event).__name__}", index)
-    for name in event:
-        if name not in EVENT_FIELDS:
-            raise EventError(str(name), f"unknown field; known: {', '.join(EVENT_FIELDS)}", index)
-    for name in ("news_id", "event_type"):
-        if name not in event:
-            raise EventError(name, "is required", index)
-    return validate_event(event["news_id"], event["event_type"], event.get("user_id"), event.get("metadata"),
-                          index=index)
 
 
 # ---------------------------------------------------------------- the threshold
