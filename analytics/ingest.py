@@ -1,7 +1,9 @@
 """The hot path: validate analytics events and append them to a Redis Stream, the buffer
-that `news:analytics` jobs drain (analytics/services.py). One round trip per call, no
-database access (except, at most once per few seconds per process, to enqueue the batch
-job when the buffer has grown past ANALYTICS_BATCH_THRESHOLD).
+that `news:analytics` jobs drain (analytics/services.py). One round trip per call (one
+all-or-nothing script, analytics/buffer.py), no database access (except, at most once per
+few seconds per process, to enqueue the batch job when the buffer has grown past
+ANALYTICS_BATCH_THRESHOLD; and, for the public endpoint, to look up news ids not seen
+lately).
 
 An event's time is its stream id (Redis's clock, in ms), so the client sends none.
 Nothing is trimmed from the stream here: an entry leaves it only after the transaction
@@ -15,6 +17,7 @@ import time
 
 from django.conf import settings
 
+from analytics import buffer
 from analytics.validation import (  # noqa: F401 - re-exported: the API's names
     EVENT_FIELDS,
     EVENT_TYPES,
@@ -26,7 +29,6 @@ from analytics.validation import (  # noqa: F401 - re-exported: the API's names
     fields_of,
     validate_event,
 )
-from nextevent.redis import get_redis
 
 logger = logging.getLogger(__name__)
 
@@ -42,61 +44,64 @@ MAX_EVENTS_PER_CALL = 10_000
 def record_event(*, news_id: int, event_type: str, user_id: int | str | None = None,
                  metadata: dict | None = None) -> str:
     """Validate one event and append it to the buffer. Returns its stream id
-    ("<ms>-<seq>"). Raises EventError (naming the field) before anything is written, and
-    redis.RedisError if Redis cannot be reached."""
+    ("<ms>-<seq>"). Raises EventError (naming the field) before anything is written,
+    BufferFull past ANALYTICS_BUFFER_MAX_EVENTS (nothing written), and redis.RedisError
+    if Redis cannot be reached."""
     fields = validate_event(news_id, event_type, user_id, metadata)
-    if not _length_check_due(1):
-        return get_redis().xadd(STREAM_KEY, fields).decode()
-    pipe = get_redis().pipeline(transaction=False)
-    pipe.xadd(STREAM_KEY, fields)
-    pipe.xlen(STREAM_KEY)
-    entry_id, length = pipe.execute()
+    length, entry_id = buffer.append(STREAM_KEY, [fields])
     _after_length_check(length)
-    return entry_id.decode()
+    return entry_id
 
 
 def record_events(events: list[dict]) -> int:
     """Validate a list of events (dicts with news_id, event_type and optional user_id and
     metadata) and append them all in one round trip. All or nothing: one invalid event
-    raises EventError naming its index and field, and nothing is written. Returns the
-    number of events accepted."""
-    if not isinstance(events, list):
-        raise EventError("events", f"must be a list of events, got {type(events).__name__}")
-    if len(events) > MAX_EVENTS_PER_CALL:
-        raise EventError("events", f"at most {MAX_EVENTS_PER_CALL} per call, got {len(events)}")
-    entries = [fields_of(event, i) for i, event in enumerate(events)]
+    raises EventError naming its index and field, a full buffer raises BufferFull, and
+    nothing is written. Returns the number of events accepted."""
+    entries = validate_events(events)
     if not entries:
         return 0
-    pipe = get_redis().pipeline(transaction=False)
-    for fields in entries:
-        pipe.xadd(STREAM_KEY, fields)
-    pipe.xlen(STREAM_KEY)
-    results = pipe.execute()
-    _after_length_check(results[-1])
+    length, _ = buffer.append(STREAM_KEY, entries)
+    _after_length_check(length)
     return len(entries)
 
 
+def validate_events(events: list, *, limit: int = MAX_EVENTS_PER_CALL) -> list[dict]:
+    """Every event's stream fields, or EventError naming the first bad one's index."""
+    if not isinstance(events, list):
+        raise EventError("events", f"must be a list of events, got {type(events).__name__}")
+    if len(events) > limit:
+        raise EventError("events", f"at most {limit} per call, got {len(events)}")
+    return [fields_of(event, i) for i, event in enumerate(events)]
+
+
+def record_client_events(events: list, *, client: str, limit: int) -> tuple[int, int]:
+    """The public endpoint's path: validate, drop events for news items that do not exist
+    (never buffered), then append the rest in one all-or-nothing step that also spends the
+    client's events budget. Returns (accepted, dropped_unknown_news). Raises EventError,
+    RateLimited, BufferFull (nothing written), redis.RedisError or DatabaseError."""
+    from analytics.known_news import existing_news_ids
+    from analytics.ratelimit import events_key
+
+    entries = validate_events(events, limit=limit)
+    existing = existing_news_ids({fields[b"n"] for fields in entries})
+    kept = [fields for fields in entries if fields[b"n"] in existing]
+    if kept:
+        length, _ = buffer.append(STREAM_KEY, kept, rate_key=events_key(client),
+                                  rate_limit=settings.ANALYTICS_RATE_EVENTS,
+                                  window_seconds=settings.ANALYTICS_RATE_WINDOW_SECONDS)
+        _after_length_check(length)
+    return len(kept), len(entries) - len(kept)
+
+
 # ---------------------------------------------------------------- the threshold
-
-_since_check = 0
-
-
-def _length_check_due(count: int) -> bool:
-    """Once per ANALYTICS_LENGTH_CHECK_EVERY events recorded by this process (a race
-    between threads only moves the check by a few events)."""
-    global _since_check
-    _since_check += count
-    if _since_check >= settings.ANALYTICS_LENGTH_CHECK_EVERY:
-        _since_check = 0
-        return True
-    return False
 
 
 def _after_length_check(length: int) -> None:
     if length < settings.ANALYTICS_BATCH_THRESHOLD:
         return
     try:
-        if get_redis().set(THRESHOLD_FLAG_KEY, str(time.time()), nx=True, ex=THRESHOLD_COOLDOWN_SECONDS):
+        if buffer.buffer_redis().set(THRESHOLD_FLAG_KEY, str(time.time()), nx=True, ex=THRESHOLD_COOLDOWN_SECONDS):
             enqueue_threshold_batch(length)
     except Exception:
         # The events are in the buffer; the 5-minute run will count them.

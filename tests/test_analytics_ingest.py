@@ -10,11 +10,6 @@ from jobs.scheduler import enqueue_news_analytics
 from nextevent.redis import get_redis
 
 
-@pytest.fixture(autouse=True)
-def fresh_length_counter(monkeypatch):
-    monkeypatch.setattr(ingest, "_since_check", 0)
-
-
 def entries():
     return get_redis().xrange(STREAM_KEY)
 
@@ -130,7 +125,6 @@ def test_metadata_of_exactly_4_kb_is_accepted():
 @pytest.mark.django_db
 def test_passing_the_threshold_enqueues_one_batch_job(settings):
     settings.ANALYTICS_BATCH_THRESHOLD = 50
-    settings.ANALYTICS_LENGTH_CHECK_EVERY = 10
     for _ in range(49):
         record_event(news_id=1, event_type="view")
     assert not Job.objects.filter(job_type="news:analytics").exists()
