@@ -3,7 +3,7 @@
 The buffer may live on its own Redis (ANALYTICS_REDIS_URL): a flood of events then cannot
 fill the Redis that carries the job wake-ups. Either way, every write goes through one Lua
 script that, atomically, refuses the whole request when the stream already holds
-ANALYTICS_BUFFER_MAX_EVENTS (back-pressure) or when the client's events-per-window budget
+ANALYTICS_BUFFER_MAX_EVENTS or about ANALYTICS_BUFFER_MAX_BYTES of memory (back-pressure) or when the client's events-per-window budget
 is spent (rate limit), and otherwise appends every entry: a request is all or nothing.
 """
 
@@ -55,17 +55,47 @@ def _client(url: str, password: str | None) -> redis.Redis:
                                 **extra)
 
 
-# KEYS[1] the stream, KEYS[2] the client's events counter ("" when not rate limited).
-# ARGV: max length (0: none), events limit (0: none), window ms, entry count, then for each
-# entry its field count and its field/value pairs.
+# Redis memory one entry takes, estimated from its fields' bytes: measured on Redis 7.0
+# (bench/analytics_memory.py) at 19-23 bytes for {n, t}, 38-42 for the typical mix and
+# 5,150-5,380 for the largest event allowed; this estimate gives 29, ~42 and ~5,440.
+ENTRY_OVERHEAD_BYTES = 16
+
+
+def accounted_bytes(fields: dict) -> int:
+    """The bytes an entry is counted as against ANALYTICS_BUFFER_MAX_BYTES."""
+    payload = sum(len(_as_bytes(k)) + len(_as_bytes(v)) for k, v in fields.items())
+    return ENTRY_OVERHEAD_BYTES + (payload * 13 + 9) // 10
+
+
+def _as_bytes(value) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+BYTES_KEY = "nextevent:analytics:buffer-bytes"
+
+# KEYS: the stream, the client's events counter ("" when not rate limited), the buffer's
+# byte counter. ARGV: max length (0: none), events limit (0: none), window ms, entry
+# count, max bytes (0: none), this request's bytes, then for each entry its field count
+# and its field/value pairs.
 # Checks come before the first write, and Redis runs a script alone: either every XADD
 # happens or none. (Under maxmemory, Redis refuses a script's first write, never a later one.)
+# The byte counter goes up here and down when the batch deletes entries (analytics/services.py
+# _ack); an empty stream resets it, so a stream emptied by hand cannot leave it stuck high.
 _APPEND = """
 local n = tonumber(ARGV[4])
 local maxlen = tonumber(ARGV[1])
 local len = redis.call('XLEN', KEYS[1])
 if maxlen > 0 and len + n > maxlen then
   return {-1, len, ''}
+end
+local maxbytes = tonumber(ARGV[5])
+local size = tonumber(ARGV[6])
+local held = tonumber(redis.call('GET', KEYS[3]) or '0')
+if len == 0 or held < 0 then
+  held = 0
+end
+if maxbytes > 0 and held + size > maxbytes then
+  return {-3, held, ''}
 end
 local limit = tonumber(ARGV[2])
 if limit > 0 then
@@ -77,7 +107,8 @@ if limit > 0 then
     redis.call('PEXPIRE', KEYS[2], ARGV[3])
   end
 end
-local i = 5
+redis.call('SET', KEYS[3], held + size)
+local i = 7
 local last = ''
 for e = 1, n do
   local k = tonumber(ARGV[i])
@@ -102,20 +133,33 @@ def _script():
 def append(stream_key: str, entries: list[dict], *, rate_key: str | None = None,
            rate_limit: int = 0, window_seconds: float = 60) -> tuple[int, str]:
     """Append every entry or none. Returns (stream length after, last entry id). Raises
-    BufferFull past settings.ANALYTICS_BUFFER_MAX_EVENTS, RateLimited when `rate_key` has
+    BufferFull past settings.ANALYTICS_BUFFER_MAX_EVENTS or ANALYTICS_BUFFER_MAX_BYTES
+    (estimated by accounted_bytes), RateLimited when `rate_key` has
     spent `rate_limit` events in its window, redis.RedisError if Redis is down."""
+    size = sum(accounted_bytes(fields) for fields in entries)
     argv: list = [settings.ANALYTICS_BUFFER_MAX_EVENTS, rate_limit if rate_key else 0,
-                  int(window_seconds * 1000), len(entries)]
+                  int(window_seconds * 1000), len(entries), settings.ANALYTICS_BUFFER_MAX_BYTES, size]
     for fields in entries:
         argv.append(len(fields))
         for name, value in fields.items():
             argv += (name, value)
     client = buffer_redis()
-    code, value, last = _script()(keys=[stream_key, rate_key or ""], args=argv, client=client)
+    code, value, last = _script()(keys=[stream_key, rate_key or "", BYTES_KEY], args=argv, client=client)
     if code == -1:
         raise BufferFull(f"the analytics buffer holds {value} events (limit {settings.ANALYTICS_BUFFER_MAX_EVENTS}); "
+                         "try again later", settings.ANALYTICS_BUFFER_RETRY_AFTER)
+    if code == -3:
+        raise BufferFull(f"the analytics buffer holds about {value} bytes (limit {settings.ANALYTICS_BUFFER_MAX_BYTES}); "
                          "try again later", settings.ANALYTICS_BUFFER_RETRY_AFTER)
     if code == -2:
         retry = math.ceil(value / 1000) if value > 0 else math.ceil(window_seconds)
         raise RateLimited(f"at most {rate_limit} events per {window_seconds:g} s from one client", retry)
     return code, last.decode() if isinstance(last, bytes) else last
+
+
+def release(pipe, entries_fields: list[dict | None]) -> None:
+    """Queue, on the batch's ack pipeline, the byte counter's decrease for entries it
+    deletes from the stream (their accounted bytes; entries already gone count 0)."""
+    size = sum(accounted_bytes(f) for f in entries_fields if f)
+    if size:
+        pipe.decrby(BYTES_KEY, size)

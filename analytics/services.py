@@ -34,6 +34,7 @@ from django.conf import settings
 from django.db import IntegrityError, OperationalError, connection, transaction
 from django.utils import timezone
 
+from analytics import buffer
 from analytics.buffer import buffer_redis
 from analytics.ingest import EVENT_TYPES, STREAM_KEY, enqueue_threshold_batch
 from analytics.models import AppliedBatch, ApplyLock, DailyStat, DailyUser, RawEvent
@@ -129,7 +130,7 @@ def analytics_process_batch(*, reason: str = "manual", max_events: int | None = 
                 if not entries:
                     break
                 tally = apply_isolating(entries, fresh_read=True, reason=reason, consumer=consumer)
-            _ack(client, [e.entry_id for e in entries])
+            _ack(client, entries)
             total.add(tally)
     finally:
         _forget_consumers(client, consumer)
@@ -201,10 +202,13 @@ def _parse(entry_id: bytes | str, fields: dict | None) -> Entry:
     return entry
 
 
-def _ack(client: redis.Redis, entry_ids: list[str]) -> None:
-    pipe = client.pipeline(transaction=False)
+def _ack(client: redis.Redis, entries: list[Entry]) -> None:
+    # One MULTI: the byte counter (analytics/buffer.py) goes down with the deletion.
+    entry_ids = [e.entry_id for e in entries]
+    pipe = client.pipeline(transaction=True)
     pipe.xack(STREAM_KEY, GROUP, *entry_ids)
     pipe.xdel(STREAM_KEY, *entry_ids)
+    buffer.release(pipe, [e.fields for e in entries])
     pipe.execute()
 
 

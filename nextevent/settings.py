@@ -254,6 +254,9 @@ ANALYTICS_REDIS = analytics_redis_config(env)
 # Back-pressure: past this many buffered events, writes are refused whole (the endpoint
 # answers 503 with Retry-After) so the buffer cannot fill the Redis the jobs need. 0: off.
 ANALYTICS_BUFFER_MAX_EVENTS = env.int("ANALYTICS_BUFFER_MAX_EVENTS", 1_000_000, min_value=0)
+# The same for the buffer's memory, estimated per event from its size (typical events ~42
+# bytes, the largest allowed ~5.4 KB): caps what large events can take. 0: off.
+ANALYTICS_BUFFER_MAX_BYTES = env.int("ANALYTICS_BUFFER_MAX_BYTES", 256 * 1024 * 1024, min_value=0)
 ANALYTICS_BUFFER_RETRY_AFTER = env.int("ANALYTICS_BUFFER_RETRY_AFTER", 30, min_value=1)
 # Per client address and window; 0 turns a limit off. Generous by default: many readers
 # can share one address (offices, mobile carriers' NAT).

@@ -14,7 +14,7 @@ import redis
 from django.test import Client
 
 from analytics import known_news
-from analytics.buffer import BufferFull
+from analytics.buffer import BYTES_KEY, BufferFull
 from analytics.ingest import STREAM_KEY, record_event, record_events
 from analytics.services import analytics_process_batch
 from news.factories import NewsFactory
@@ -163,6 +163,28 @@ def test_past_the_buffer_limit_the_endpoint_answers_503_and_writes_nothing(news,
     analytics_process_batch(reason="test")
     assert post(batch).status_code == 202
     assert News.objects.get(pk=news.pk).view_count == 1500
+
+
+def test_past_the_memory_budget_the_endpoint_answers_503_and_writes_nothing(news, settings):
+    settings.ANALYTICS_BUFFER_MAX_BYTES = 50_000
+    large = {"news_id": news.pk, "event_type": "view", "user_id": "u" * 64, "metadata": {"k": "x" * 4000}}
+    small = {"news_id": news.pk, "event_type": "like"}
+    assert post([large] * 9).status_code == 202  # about 5,300 bytes each
+    full = post([large] * 2)
+    assert full.status_code == 503 and "buffer holds about" in full.json()["error"] and full["Retry-After"]
+    assert length() == 9
+    assert post([small] * 50).status_code == 202  # small events still fit
+    assert post([small] * 1000).status_code == 503 and length() == 59
+    # The batch releases what it deletes: the counter is back to zero and large events fit again.
+    analytics_process_batch(reason="test")
+    assert int(get_redis().get(BYTES_KEY)) == 0
+    assert post([large] * 9).status_code == 202
+
+
+def test_the_byte_counter_cannot_stay_stuck_after_the_stream_is_emptied_by_hand(news, settings):
+    settings.ANALYTICS_BUFFER_MAX_BYTES = 10_000
+    get_redis().set(BYTES_KEY, 10**9)  # e.g. a stream deleted with DEL while counted
+    assert post({"news_id": news.pk, "event_type": "view"}).status_code == 202
 
 
 @pytest.mark.django_db(transaction=True)
