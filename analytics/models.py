@@ -90,7 +90,8 @@ class AppliedBatch(models.Model):
     events = models.PositiveIntegerField(default=0, help_text="Entries in the chunk")
     counted = models.PositiveIntegerField(default=0)
     dropped_unknown_news = models.PositiveIntegerField(default=0)
-    dropped_invalid = models.PositiveIntegerField(default=0, help_text="Entries quarantined (see Quarantined events)")
+    dropped_invalid = models.PositiveIntegerField(default=0, verbose_name="quarantined",
+                                                  help_text="Entries quarantined (see Quarantined events)")
     took_ms = models.PositiveIntegerField(default=0)
     applied_at = models.DateTimeField(auto_now_add=True, db_index=True)
 

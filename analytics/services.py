@@ -37,7 +37,7 @@ from django.utils import timezone
 from analytics import buffer
 from analytics.buffer import buffer_redis
 from analytics.ingest import EVENT_TYPES, STREAM_KEY, enqueue_threshold_batch
-from analytics.models import AppliedBatch, ApplyLock, DailyStat, DailyUser, RawEvent
+from analytics.models import AppliedBatch, ApplyLock, DailyStat, DailyUser, QuarantinedEvent, RawEvent
 from analytics.quarantine import is_entry_error, quarantine_rows
 from analytics.validation import EventError, entry_fields
 from news.models import News
@@ -482,9 +482,9 @@ RAW_DELETE_MAX_BATCHES = 200
 
 
 def analytics_cleanup(*, now: datetime | None = None) -> int:
-    """Delete raw events (and applied-batch records) older than ANALYTICS_RAW_RETENTION_DAYS,
-    in short transactions of RAW_DELETE_BATCH rows, at most RAW_DELETE_MAX_BATCHES per
-    run. Counters and unique users are kept. Returns the raw events deleted."""
+    """Delete raw events (and applied-batch records and quarantined entries) older than
+    ANALYTICS_RAW_RETENTION_DAYS, in short transactions of RAW_DELETE_BATCH rows, at most
+    RAW_DELETE_MAX_BATCHES per run. Counters and unique users are kept. Returns the raw events deleted."""
     from jobs.cron import delete_in_batches
 
     now = now or timezone.now()
@@ -492,6 +492,7 @@ def analytics_cleanup(*, now: datetime | None = None) -> int:
     deleted = delete_in_batches(RawEvent.objects.filter(occurred_at__lt=cutoff), batch=RAW_DELETE_BATCH,
                                 max_batches=RAW_DELETE_MAX_BATCHES)
     batches = delete_in_batches(AppliedBatch.objects.filter(applied_at__lt=cutoff))
-    logger.info("analytics cleanup: %d raw event(s) and %d batch record(s) older than %s deleted",
-                deleted, batches, cutoff.isoformat())
+    quarantined = delete_in_batches(QuarantinedEvent.objects.filter(quarantined_at__lt=cutoff))
+    logger.info("analytics cleanup: %d raw event(s), %d batch record(s) and %d quarantined entr(ies) older than %s "
+                "deleted", deleted, batches, quarantined, cutoff.isoformat())
     return deleted

@@ -177,3 +177,16 @@ def test_a_staff_user_without_analytics_permissions_does_not_see_the_quarantine(
     assert other.get(f"{URL}{quarantined.pk}/change/").status_code == 403
     assert "quarantinedevent" not in other.get("/admin/").content.decode()
     assert timezone.now() >= quarantined.quarantined_at
+
+
+def test_quarantined_entries_are_deleted_after_the_raw_event_retention(quarantined, settings):
+    from datetime import timedelta
+
+    from analytics.services import analytics_cleanup
+
+    settings.ANALYTICS_RAW_RETENTION_DAYS = 30
+    now = timezone.now()
+    analytics_cleanup(now=now)
+    assert QuarantinedEvent.objects.filter(pk=quarantined.pk).exists()
+    analytics_cleanup(now=now + timedelta(days=31))
+    assert not QuarantinedEvent.objects.exists()
