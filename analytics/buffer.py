@@ -157,9 +157,44 @@ def append(stream_key: str, entries: list[dict], *, rate_key: str | None = None,
     return code, last.decode() if isinstance(last, bytes) else last
 
 
-def release(pipe, entries_fields: list[dict | None]) -> None:
-    """Queue, on the batch's ack pipeline, the byte counter's decrease for entries it
-    deletes from the stream (their accounted bytes; entries already gone count 0)."""
-    size = sum(accounted_bytes(f) for f in entries_fields if f)
-    if size:
-        pipe.decrby(BYTES_KEY, size)
+# KEYS: the stream, the byte counter. ARGV: the group, then (entry id, accounted bytes)
+# pairs. Acknowledges and deletes the entries, and takes off the counter the bytes of those
+# this call really deleted: two batches acknowledging the same entry (one took over the
+# other's) release its bytes once.
+_ACK = """
+local ids = {}
+for i = 2, #ARGV, 2 do
+  ids[#ids + 1] = ARGV[i]
+  if #ids == 1000 then  -- unpack() is limited to a few thousand values
+    redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
+    ids = {}
+  end
+end
+if #ids > 0 then
+  redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
+end
+local freed = 0
+for i = 2, #ARGV, 2 do
+  if redis.call('XDEL', KEYS[1], ARGV[i]) == 1 then
+    freed = freed + tonumber(ARGV[i + 1])
+  end
+end
+if freed > 0 then
+  redis.call('DECRBY', KEYS[2], freed)
+end
+return freed
+"""
+
+
+@functools.lru_cache(maxsize=1)
+def _ack_script():
+    return get_redis().register_script(_ACK)
+
+
+def acknowledge(client: redis.Redis, stream_key: str, group: str, entries: list[tuple[str, dict | None]]) -> int:
+    """XACK and XDEL (entry id, fields) pairs in one step, releasing their bytes from the
+    budget. Returns the bytes released."""
+    args: list = [group]
+    for entry_id, fields in entries:
+        args += (entry_id, accounted_bytes(fields) if fields else 0)
+    return _ack_script()(keys=[stream_key, BYTES_KEY], args=args, client=client)

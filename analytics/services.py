@@ -203,13 +203,8 @@ def _parse(entry_id: bytes | str, fields: dict | None) -> Entry:
 
 
 def _ack(client: redis.Redis, entries: list[Entry]) -> None:
-    # One MULTI: the byte counter (analytics/buffer.py) goes down with the deletion.
-    entry_ids = [e.entry_id for e in entries]
-    pipe = client.pipeline(transaction=True)
-    pipe.xack(STREAM_KEY, GROUP, *entry_ids)
-    pipe.xdel(STREAM_KEY, *entry_ids)
-    buffer.release(pipe, [e.fields for e in entries])
-    pipe.execute()
+    # One script: the buffer's byte budget (analytics/buffer.py) goes down with the deletion.
+    buffer.acknowledge(client, STREAM_KEY, GROUP, [(e.entry_id, e.fields) for e in entries])
 
 
 def _forget_consumers(client: redis.Redis, mine: str) -> None:

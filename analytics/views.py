@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import redis
 from django.conf import settings
@@ -29,6 +30,21 @@ from analytics.validation import refuse_json_constant
 logger = logging.getLogger(__name__)
 
 MAX_EVENTS_PER_REQUEST = 1000
+# A flood must not become a log flood: each kind of refusal is logged at most once per this
+# many seconds per process, with the number left out since.
+LOG_EVERY_SECONDS = 10
+_last_logged: dict[str, tuple[float, int]] = {}
+
+
+def _log_throttled(kind: str, message: str, *args, exc_info: bool = False) -> None:
+    now = time.monotonic()
+    last, skipped = _last_logged.get(kind, (0.0, 0))
+    if now - last < LOG_EVERY_SECONDS:
+        _last_logged[kind] = (last, skipped + 1)
+        return
+    _last_logged[kind] = (now, 0)
+    suffix = f" ({skipped} more like it in the last {now - last:.0f} s not logged)" if skipped else ""
+    logger.warning(message + suffix, *args, exc_info=exc_info)
 
 
 def _error(status: int, message: str, *, field: str | None = None, index: int | None = None,
@@ -70,7 +86,7 @@ def events(request):
     except BufferRefused as exc:
         return _error(exc.status, str(exc), retry_after=exc.retry_after)
     except redis.RedisError:
-        logger.exception("analytics: buffer unavailable (rate limit)")
+        _log_throttled("redis", "analytics: buffer unavailable (rate limit check)", exc_info=True)
         return _error(503, "buffer unavailable, try again later", retry_after=settings.ANALYTICS_BUFFER_RETRY_AFTER)
     body = request.read(limit + 1)
     if len(body) > limit:
@@ -97,10 +113,11 @@ def events(request):
             return _error(400, f"{exc.field}: {exc.message}", field=exc.field)
         return _error(400, str(exc), field=exc.field, index=exc.index)
     except BufferRefused as exc:
-        logger.warning("analytics: %d event(s) from %s refused: %s", len(batch), client, exc)
+        _log_throttled(type(exc).__name__, "analytics: %d event(s) from %s refused: %s", len(batch), client, exc)
         return _error(exc.status, str(exc), retry_after=exc.retry_after)
     except (redis.RedisError, DatabaseError):
-        logger.exception("analytics: buffer or news lookup unavailable; %d event(s) refused", len(batch))
+        _log_throttled("unavailable", "analytics: buffer or news lookup unavailable; %d event(s) refused", len(batch),
+                       exc_info=True)
         return _error(503, "buffer unavailable, try again later", retry_after=settings.ANALYTICS_BUFFER_RETRY_AFTER)
     return JsonResponse({"accepted": accepted, "dropped_unknown_news": dropped}, status=202)
 

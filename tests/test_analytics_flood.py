@@ -181,6 +181,21 @@ def test_past_the_memory_budget_the_endpoint_answers_503_and_writes_nothing(news
     assert post([large] * 9).status_code == 202
 
 
+def test_an_entry_acknowledged_twice_releases_its_bytes_once(news, settings):
+    from analytics import services
+    from analytics.buffer import acknowledge
+
+    record_events([{"news_id": news.pk, "event_type": "view", "user_id": f"u{i}"} for i in range(9000)])
+    held = int(get_redis().get(BYTES_KEY))
+    client = get_redis()
+    services.ensure_group(client)
+    entries = services._read_new(client, "one", 10_000)  # more ids than Lua's unpack() takes (8,000)
+    pairs = [(e.entry_id, e.fields) for e in entries]
+    assert acknowledge(client, STREAM_KEY, services.GROUP, pairs) == held
+    assert acknowledge(client, STREAM_KEY, services.GROUP, pairs) == 0  # a second batch, same entries
+    assert int(get_redis().get(BYTES_KEY)) == 0 and length() == 0
+
+
 def test_the_byte_counter_cannot_stay_stuck_after_the_stream_is_emptied_by_hand(news, settings):
     settings.ANALYTICS_BUFFER_MAX_BYTES = 10_000
     get_redis().set(BYTES_KEY, 10**9)  # e.g. a stream deleted with DEL while counted
@@ -267,3 +282,17 @@ def test_the_url_setting_is_checked_at_start_up():
         == {"url": "redis://h:6380/2", "password": "p"}
     with pytest.raises(ConfigError, match="ANALYTICS_REDIS_URL must start with redis://"):
         analytics_redis_config(Env({"ANALYTICS_REDIS_URL": "http://h:6380"}))
+
+
+def test_a_flood_of_refusals_is_logged_once_not_once_per_request(news, settings, caplog, monkeypatch):
+    import logging
+
+    from analytics import views
+
+    monkeypatch.setattr(views, "_last_logged", {})
+    settings.ANALYTICS_BUFFER_MAX_EVENTS = 1
+    event = {"news_id": news.pk, "event_type": "view"}
+    with caplog.at_level(logging.WARNING, logger="analytics.views"):
+        statuses = [post([event] * 2).status_code for _ in range(50)]
+    assert statuses == [503] * 50
+    assert len([r for r in caplog.records if r.name == "analytics.views"]) == 1
