@@ -18,6 +18,8 @@ import time
 from django.conf import settings
 
 from analytics import buffer
+from analytics.known_news import existing_news_ids
+from analytics.ratelimit import events_key
 from analytics.validation import (  # noqa: F401 - re-exported: the API's names
     EVENT_FIELDS,
     EVENT_TYPES,
@@ -45,8 +47,8 @@ def record_event(*, news_id: int, event_type: str, user_id: int | str | None = N
                  metadata: dict | None = None) -> str:
     """Validate one event and append it to the buffer. Returns its stream id
     ("<ms>-<seq>"). Raises EventError (naming the field) before anything is written,
-    BufferFull past ANALYTICS_BUFFER_MAX_EVENTS (nothing written), and redis.RedisError
-    if Redis cannot be reached."""
+    analytics.buffer.BufferFull past ANALYTICS_BUFFER_MAX_EVENTS / _MAX_BYTES (nothing
+    written), and redis.RedisError if Redis cannot be reached."""
     fields = validate_event(news_id, event_type, user_id, metadata)
     length, entry_id = buffer.append(STREAM_KEY, [fields])
     _after_length_check(length)
@@ -80,9 +82,6 @@ def record_client_events(events: list, *, client: str, limit: int) -> tuple[int,
     (never buffered), then append the rest in one all-or-nothing step that also spends the
     client's events budget. Returns (accepted, dropped_unknown_news). Raises EventError,
     RateLimited, BufferFull (nothing written), redis.RedisError or DatabaseError."""
-    from analytics.known_news import existing_news_ids
-    from analytics.ratelimit import events_key
-
     entries = validate_events(events, limit=limit)
     existing = existing_news_ids({fields[b"n"] for fields in entries})
     kept = [fields for fields in entries if fields[b"n"] in existing]

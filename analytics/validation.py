@@ -35,6 +35,11 @@ MAX_METADATA_BYTES = 4096
 # nested objects around a scalar); 8 is far more than any real "ref/campaign/ab" needs and
 # leaves the margin for whatever wraps it.
 MAX_METADATA_DEPTH = 8
+# The batch's own check of what it reads (entry_fields) is only what MariaDB refuses (31
+# nested containers pass its JSON_VALID, 32 do not; 30 keeps a level of margin), not
+# ingest's policy: entries an older version accepted (deeper metadata, integers beyond 64
+# bits) are still counted after an upgrade instead of quarantined.
+MAX_STORED_METADATA_DEPTH = 30
 # Each JSON value takes at least one byte, so a walk never needs to visit more values than
 # this; it also bounds Python structures that share a list many times over.
 MAX_METADATA_VALUES = MAX_METADATA_BYTES
@@ -96,9 +101,12 @@ def check_user_id(user: str, index: int | None = None) -> bytes:
     return _utf8(user, "user_id", index)
 
 
-def check_json_value(value: Any, field: str, index: int | None = None) -> None:
+def check_json_value(value: Any, field: str, index: int | None = None, *, max_depth: int | None = None,
+                     numbers: bool = True) -> None:
     """Walk a JSON value without recursion (a body nested 100,000 deep must not raise
-    RecursionError): depth, keys, strings, numbers. The error names the path inside it."""
+    RecursionError): depth (MAX_METADATA_DEPTH unless max_depth), keys, strings and, with
+    `numbers`, the 64-bit and finite ranges. The error names the path inside it."""
+    max_depth = max_depth or MAX_METADATA_DEPTH
     stack: list[tuple[Any, str, int]] = [(value, "", 1)]
     visited = 0
     while stack:
@@ -108,8 +116,8 @@ def check_json_value(value: Any, field: str, index: int | None = None) -> None:
             raise EventError(field, f"has more than {MAX_METADATA_VALUES} values; at most {MAX_METADATA_BYTES} "
                                     "bytes as JSON", index)
         if isinstance(item, (dict, list)):
-            if depth > MAX_METADATA_DEPTH:
-                raise EventError(field, f"nested deeper than {MAX_METADATA_DEPTH} levels{_at(path)}", index)
+            if depth > max_depth:
+                raise EventError(field, f"nested deeper than {max_depth} levels{_at(path)}", index)
             if isinstance(item, dict):
                 for key, child in item.items():
                     if not isinstance(key, str):
@@ -124,10 +132,10 @@ def check_json_value(value: Any, field: str, index: int | None = None) -> None:
         elif item is None or isinstance(item, bool):
             continue
         elif isinstance(item, int):
-            if not MIN_INT <= item <= MAX_INT:
+            if numbers and not MIN_INT <= item <= MAX_INT:
                 raise EventError(field, f"integer out of the 64-bit range{_at(path)}", index)
         elif isinstance(item, float):
-            if not math.isfinite(item):
+            if numbers and not math.isfinite(item):
                 raise EventError(field, f"number must be finite (no NaN or Infinity){_at(path)}", index)
         else:
             raise EventError(field, f"{type(item).__name__} is not a JSON value{_at(path)}", index)
@@ -180,8 +188,9 @@ def refuse_json_constant(name: str):
 
 
 def entry_fields(fields: dict) -> tuple[int, str, bytes, bytes | None]:
-    """(news_id, event_type, user_id, metadata) of a stream entry, checked as strictly as
-    ingest checks an event. Raises EventError naming the stream field."""
+    """(news_id, event_type, user_id, metadata) of a stream entry, checked for everything
+    the database would refuse (see MAX_STORED_METADATA_DEPTH). Raises EventError naming
+    the stream field."""
     if not fields:
         raise EventError("entry", "has no fields (deleted from the stream while pending)")
     for name in fields:
@@ -207,10 +216,10 @@ def entry_fields(fields: dict) -> tuple[int, str, bytes, bytes | None]:
             # Decoded first: json.loads(bytes) would also take UTF-16, which MariaDB would not.
             value = json.loads(metadata.decode(), parse_constant=refuse_json_constant)
         except RecursionError:
-            raise EventError("m", f"metadata nested deeper than {MAX_METADATA_DEPTH} levels") from None
+            raise EventError("m", f"metadata nested deeper than {MAX_STORED_METADATA_DEPTH} levels") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise EventError("m", f"metadata is not JSON text in UTF-8: {str(exc)[:120]}") from None
         if not isinstance(value, dict):
             raise EventError("m", f"metadata must be a JSON object, got {type(value).__name__}")
-        check_json_value(value, "m")
+        check_json_value(value, "m", max_depth=MAX_STORED_METADATA_DEPTH, numbers=False)
     return int(raw_news), raw_type.decode(), user, metadata

@@ -48,7 +48,7 @@ def test_a_40_deep_entry_xadded_between_good_ones_is_quarantined_and_the_rest_co
     assert News.objects.get(pk=news.pk).view_count == 200 and RawEvent.objects.count() == 200
     row = QuarantinedEvent.objects.get()
     assert (row.stream_id, row.stage) == (bad_id, "check")
-    assert row.error.startswith("m: nested deeper than 8 levels")
+    assert row.error.startswith("m: nested deeper than 30 levels")
     assert json.loads(row.fields) == {"n": str(news.pk), "t": "view", "u": "deep", "m": DEEP_40}
     assert pending() == 0 and get_redis().xlen(STREAM_KEY) == 0
     # The next batches proceed.
@@ -57,10 +57,20 @@ def test_a_40_deep_entry_xadded_between_good_ones_is_quarantined_and_the_rest_co
     assert News.objects.get(pk=news.pk).view_count == 230
 
 
+def test_entries_an_older_version_accepted_are_still_counted():
+    """Ingest's policy is stricter than the database: metadata 20 levels deep or with an
+    integer beyond 64 bits, buffered before an upgrade, is counted, not quarantined."""
+    news = NewsFactory()
+    get_redis().xadd(STREAM_KEY, {"n": news.pk, "t": "view", "m": '{"a":' * 20 + "1" + "}" * 20})
+    get_redis().xadd(STREAM_KEY, {"n": news.pk, "t": "view", "m": '{"big":18446744073709551616}'})
+    assert "2 counted" in analytics_process_batch(reason="test")
+    assert RawEvent.objects.filter(metadata__big=18446744073709551616).exists()
+
+
 def test_a_chunk_the_database_refuses_is_split_until_the_bad_entry_is_isolated(monkeypatch, caplog):
     """An older version whose check let depth 40 through: MariaDB itself refuses the chunk
     (error 4025). Before the fix every later batch failed on the same chunk."""
-    monkeypatch.setattr(validation, "MAX_METADATA_DEPTH", 100)
+    monkeypatch.setattr(validation, "MAX_STORED_METADATA_DEPTH", 100)
     a, b = NewsFactory(), NewsFactory()
     events = good(a, 70, "a") + [{"news_id": b.pk, "event_type": "like"}] * 13
     record_events(events[:40])
@@ -90,7 +100,7 @@ def test_a_chunk_the_database_refuses_is_split_until_the_bad_entry_is_isolated(m
 
 def test_a_quarantine_replayed_after_a_crash_before_the_ack_is_not_repeated(monkeypatch, settings):
     settings.ANALYTICS_CLAIM_IDLE_SECONDS = 0
-    monkeypatch.setattr(validation, "MAX_METADATA_DEPTH", 100)
+    monkeypatch.setattr(validation, "MAX_STORED_METADATA_DEPTH", 100)
     news = NewsFactory()
     record_events(good(news, 10))
     xadd_deep(news)
@@ -160,7 +170,7 @@ URL = "/admin/analytics/quarantinedevent/"
 def test_the_admin_shows_the_quarantine_read_only_to_those_with_the_view_permission(quarantined):
     viewer = staff("viewer", "view_quarantinedevent")
     page = viewer.get(URL).content.decode()
-    assert quarantined.stream_id in page and "nested deeper than 8 levels" in page
+    assert quarantined.stream_id in page and "nested deeper than 30 levels" in page
     detail = viewer.get(f"{URL}{quarantined.pk}/change/")
     assert detail.status_code == 200 and escape(quarantined.fields) in detail.content.decode()  # the entry itself
     assert 'name="_save"' not in detail.content.decode()
