@@ -7,6 +7,7 @@ import json
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 
 import pytest
@@ -20,7 +21,7 @@ from analytics.services import analytics_process_batch
 from news.factories import NewsFactory
 from news.models import News
 from nextevent.redis import get_redis
-from tests.conftest import wait_for
+from tests.conftest import ROOT, wait_for
 
 pytestmark = pytest.mark.django_db
 URL = "/api/analytics/events"
@@ -296,3 +297,18 @@ def test_a_flood_of_refusals_is_logged_once_not_once_per_request(news, settings,
         statuses = [post([event] * 2).status_code for _ in range(50)]
     assert statuses == [503] * 50
     assert len([r for r in caplog.records if r.name == "analytics.views"]) == 1
+
+
+@pytest.mark.parametrize("name,value,line", [
+    ("ANALYTICS_RATE_EVENTS", "10", "configuration error: ANALYTICS_RATE_EVENTS must be 0 or >= 1000, got 10"),
+    ("ANALYTICS_REDIS_URL", "http://cache:6379",
+     "configuration error: ANALYTICS_REDIS_URL must start with redis://, rediss:// or unix://, got 'http://cache:6379'"),
+    ("ANALYTICS_CLIENT_IP_HEADER", "X-Forwarded-For:",
+     "configuration error: ANALYTICS_CLIENT_IP_HEADER must be an HTTP header name such as X-Forwarded-For, "
+     "got 'X-Forwarded-For:'"),
+    ("ANALYTICS_BUFFER_MAX_BYTES", "-1", "configuration error: ANALYTICS_BUFFER_MAX_BYTES must be >= 0, got -1"),
+])
+def test_a_bad_analytics_setting_stops_start_up_with_one_line(name, value, line):
+    result = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, capture_output=True, text=True,
+                            env={"PATH": "/usr/bin:/bin", "DJANGO_SECRET_KEY": "x" * 50, name: value}, timeout=60)
+    assert result.returncode == 2 and result.stderr.strip() == line, result.stderr[-500:]
