@@ -106,7 +106,7 @@ def events(request):
     try:
         accepted, dropped = record_client_events(batch, client=client, limit=MAX_EVENTS_PER_REQUEST)
     except EventError as exc:
-        if exc.field == "events":
+        if exc.field == "events" and exc.index is None:
             return _error(400, f"events: at most {MAX_EVENTS_PER_REQUEST} per request, got {len(batch)}",
                           field="events")
         if single:

@@ -67,6 +67,7 @@ def test_it_accepts_a_batch_as_an_events_object_or_a_bare_array(api):
     ([{"news_id": 1, "event_type": "view"}, 7], 400, "events[1].event: must be a JSON object", "event", 1),
     ({"events": [{"news_id": 1, "event_type": "view"}] * 1001}, 400, "events: at most 1000 per request", "events", None),
     ({"events": []}, 400, "events: must hold at least one event", "events", None),
+    ([{"news_id": 1, "event_type": "view", "events": 1}], 400, "events[0].events: unknown field", "events", 0),
     ({"events": {"news_id": 1}}, 400, "events: must be a JSON array", "events", None),
     ({"events": [], "x": 1}, 400, "x: unknown field", "x", None),
     (b"{not json", 400, "body: not valid JSON", "body", None),
