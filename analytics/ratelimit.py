@@ -36,24 +36,27 @@ _hit_script = None
 def client_address(request) -> str:
     """The address limits are counted by. IPv6 clients are grouped by /64: one host
     usually holds a whole /64 and could otherwise rotate through it."""
-    raw = request.META.get("REMOTE_ADDR", "")
+    remote = request.META.get("REMOTE_ADDR", "")
     header = settings.ANALYTICS_CLIENT_IP_HEADER
-    if header:
-        forwarded = request.META.get(header, "")
-        # X-Forwarded-For style lists: the last address is the one our own proxy appended;
-        # addresses before it were written by the client and prove nothing.
-        candidate = forwarded.rsplit(",", 1)[-1].strip()
-        if candidate:
-            raw = candidate
-    try:
-        address = ipaddress.ip_address(raw.strip("[]"))
-    except ValueError:
-        return "unknown:" + raw[:64]
+    # X-Forwarded-For style lists: the last address is the one our own proxy appended;
+    # addresses before it were written by the client and prove nothing. Anything that is
+    # not an address falls back to REMOTE_ADDR (never a key the client can vary at will).
+    forwarded = request.META.get(header, "").rsplit(",", 1)[-1].strip() if header else ""
+    address = _parse_ip(forwarded) or _parse_ip(remote)
+    if address is None:
+        return "unknown"
     if address.version == 6:
         if address.ipv4_mapped is not None:
             return str(address.ipv4_mapped)
         return str(ipaddress.ip_network(f"{address}/64", strict=False))
     return str(address)
+
+
+def _parse_ip(text: str):
+    try:
+        return ipaddress.ip_address(text.strip("[]")) if text else None
+    except ValueError:
+        return None
 
 
 def events_key(client: str) -> str:

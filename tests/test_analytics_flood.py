@@ -126,11 +126,14 @@ def test_behind_a_proxy_the_configured_header_names_the_client(news, settings):
     assert post(event, HTTP_X_FORWARDED_FOR="1.2.3.4, 203.0.113.7").status_code == 202
     assert post(event, HTTP_X_FORWARDED_FOR="5.6.7.8, 203.0.113.7").status_code == 429
     assert post(event, HTTP_X_FORWARDED_FOR="203.0.113.8").status_code == 202
+    # Not an address: REMOTE_ADDR (127.0.0.1 here), not a key the client could vary.
+    assert post(event, HTTP_X_FORWARDED_FOR="203.0.113.9, junk-1").status_code == 202
+    assert post(event, HTTP_X_FORWARDED_FOR="203.0.113.9, junk-2").status_code == 429
     # IPv6 clients are one client per /64.
     assert post(event, HTTP_X_FORWARDED_FOR="2001:db8:1:2::1").status_code == 202
     assert post(event, HTTP_X_FORWARDED_FOR="2001:db8:1:2:ffff::9").status_code == 429
     keys = {k.decode() for k in get_redis().keys("nextevent:analytics:rate:requests:*")}
-    assert keys == {f"nextevent:analytics:rate:requests:{a}" for a in ("203.0.113.7", "203.0.113.8",
+    assert keys == {f"nextevent:analytics:rate:requests:{a}" for a in ("203.0.113.7", "203.0.113.8", "127.0.0.1",
                                                                       "2001:db8:1:2::/64")}
 
 
