@@ -207,3 +207,11 @@ def test_metadata_at_the_depth_limit_with_64_bit_extremes_is_accepted():
         record_event(news_id=1, event_type="view", metadata=metadata)  # the list is level 9
     record_event(news_id=1, event_type="view", metadata=metadata_7)
     assert len(entries()) == 1
+
+
+def test_the_largest_call_goes_through_the_append_script_in_one_piece():
+    events = [{"news_id": 1 + i % 7, "event_type": "view", "user_id": f"u{i}", "metadata": {"i": i}}
+              for i in range(ingest.MAX_EVENTS_PER_CALL)]
+    assert record_events(events) == ingest.MAX_EVENTS_PER_CALL
+    stored = entries()
+    assert len(stored) == ingest.MAX_EVENTS_PER_CALL and stored[-1][1][b"m"] == b'{"i":9999}'
