@@ -3,8 +3,9 @@
 The buffer may live on its own Redis (ANALYTICS_REDIS_URL): a flood of events then cannot
 fill the Redis that carries the job wake-ups. Either way, every write goes through one Lua
 script that, atomically, refuses the whole request when the stream already holds
-ANALYTICS_BUFFER_MAX_EVENTS or about ANALYTICS_BUFFER_MAX_BYTES of memory (back-pressure) or when the client's events-per-window budget
-is spent (rate limit), and otherwise appends every entry: a request is all or nothing.
+ANALYTICS_BUFFER_MAX_EVENTS events or about ANALYTICS_BUFFER_MAX_BYTES of memory
+(back-pressure) or when the client's events-per-window budget is spent (rate limit), and
+otherwise appends every entry: a request is all or nothing.
 """
 
 from __future__ import annotations
@@ -134,8 +135,8 @@ def append(stream_key: str, entries: list[dict], *, rate_key: str | None = None,
            rate_limit: int = 0, window_seconds: float = 60) -> tuple[int, str]:
     """Append every entry or none. Returns (stream length after, last entry id). Raises
     BufferFull past settings.ANALYTICS_BUFFER_MAX_EVENTS or ANALYTICS_BUFFER_MAX_BYTES
-    (estimated by accounted_bytes), RateLimited when `rate_key` has
-    spent `rate_limit` events in its window, redis.RedisError if Redis is down."""
+    (estimated by accounted_bytes), RateLimited when `rate_key` has spent `rate_limit`
+    events in its window, redis.RedisError if Redis is down."""
     size = sum(accounted_bytes(fields) for fields in entries)
     argv: list = [settings.ANALYTICS_BUFFER_MAX_EVENTS, rate_limit if rate_key else 0,
                   int(window_seconds * 1000), len(entries), settings.ANALYTICS_BUFFER_MAX_BYTES, size]
