@@ -200,3 +200,23 @@ def test_quarantined_entries_are_deleted_after_the_raw_event_retention(quarantin
     assert QuarantinedEvent.objects.filter(pk=quarantined.pk).exists()
     analytics_cleanup(now=now + timedelta(days=31))
     assert not QuarantinedEvent.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_periodic_job_completes_through_the_engine_with_a_poison_entry_in_the_buffer(monkeypatch):
+    """The issue's scenario end to end: before the fix the job failed on every run."""
+    from jobs.cron import analytics_enqueue_batch
+    from jobs.models import Job, JobState
+    from jobs.worker import run_job
+
+    monkeypatch.setattr(validation, "MAX_STORED_METADATA_DEPTH", 100)  # let MariaDB itself refuse it
+    news = NewsFactory()
+    record_events(good(news, 7))
+    xadd_deep(news)
+    record_events(good(news, 5, "v"))
+    job_id = int(analytics_enqueue_batch().split()[1])
+    assert run_job(job_id) == "completed"
+    job = Job.objects.get(pk=job_id)
+    assert job.state == JobState.COMPLETED and "12 counted" in job.result and "1 quarantined" in job.result
+    assert News.objects.get(pk=news.pk).view_count == 12
+    assert QuarantinedEvent.objects.get().stage == "database"
