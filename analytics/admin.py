@@ -1,5 +1,5 @@
 """Analytics in the admin: counters per news item and day, today's most viewed items, the
-batches applied, and a by-day table on each News change page (registered below)."""
+batches applied, the entries quarantined, and a by-day table on each News change page (registered below)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from analytics.ingest import EVENT_TYPES
-from analytics.models import AppliedBatch, DailyStat, TopNewsToday
+from analytics.models import AppliedBatch, DailyStat, QuarantinedEvent, TopNewsToday
 from analytics.selectors import news_daily_stats
 from analytics.services import buffer_status
 from news.models import News
@@ -78,6 +78,23 @@ class AppliedBatchAdmin(_ReadOnly):
     list_filter = ("reason",)
     show_full_result_count = False
     exclude = ("entry_keys",)
+
+
+@admin.register(QuarantinedEvent)
+class QuarantinedEventAdmin(_ReadOnly):
+    """Entries the batch could not count, with the entry and the error. Read-only: it
+    needs analytics' view permission like every model here (Django's default check), and
+    nothing can be edited or deleted from the admin."""
+
+    list_display = ("stream_id", "occurred_at", "stage", "short_error", "quarantined_at")
+    list_filter = ("stage",)
+    search_fields = ("=stream_id", "error")
+    readonly_fields = ("stream_id", "occurred_at", "stage", "error", "fields", "consumer", "quarantined_at")
+    show_full_result_count = False
+
+    @admin.display(description="error")
+    def short_error(self, obj):
+        return obj.error if len(obj.error) <= 120 else obj.error[:117] + "..."
 
 
 def news_analytics_table(news, days: int = 30) -> str:

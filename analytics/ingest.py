@@ -1,7 +1,9 @@
 """The hot path: validate analytics events and append them to a Redis Stream, the buffer
-that `news:analytics` jobs drain (analytics/services.py). One round trip per call, no
-database access (except, at most once per few seconds per process, to enqueue the batch
-job when the buffer has grown past ANALYTICS_BATCH_THRESHOLD).
+that `news:analytics` jobs drain (analytics/services.py). One round trip per call (one
+all-or-nothing script, analytics/buffer.py), no database access (except, at most once per
+few seconds per process, to enqueue the batch job when the buffer has grown past
+ANALYTICS_BATCH_THRESHOLD; and, for the public endpoint, to look up news ids not seen
+lately).
 
 An event's time is its stream id (Redis's clock, in ms), so the client sends none.
 Nothing is trimmed from the stream here: an entry leaves it only after the transaction
@@ -10,15 +12,26 @@ that counted it commits.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from typing import Any
 
 from django.conf import settings
 
+from analytics import buffer
 from analytics.scheduling import enqueue_analytics_batch
-from nextevent.redis import get_redis
+from analytics.known_news import existing_news_ids
+from analytics.ratelimit import events_key
+from analytics.validation import (  # noqa: F401 - re-exported: the API's names
+    EVENT_FIELDS,
+    EVENT_TYPES,
+    MAX_METADATA_BYTES,
+    MAX_METADATA_DEPTH,
+    MAX_NEWS_ID,
+    MAX_USER_ID_CHARS,
+    EventError,
+    fields_of,
+    validate_event,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -28,142 +41,67 @@ THRESHOLD_FLAG_KEY = "nextevent:analytics:threshold-enqueued"
 # most one live, this keeps the hot path off the database while the batch catches up.
 THRESHOLD_COOLDOWN_SECONDS = 5
 
-# The one place to add an event type: its name -> the News running-total field it adds to
-# (None: daily counters only).
-EVENT_TYPES: dict[str, str | None] = {"view": "view_count", "share": "share_count", "like": "like_count"}
-
-EVENT_FIELDS = ("news_id", "event_type", "user_id", "metadata")
-MAX_NEWS_ID = 2**63 - 1
-MAX_USER_ID_CHARS = 64
-MAX_METADATA_BYTES = 4096
 MAX_EVENTS_PER_CALL = 10_000
-
-
-class EventError(ValueError):
-    """An event is invalid. `field` names it; `index` is its place in a batch (else None)."""
-
-    def __init__(self, field: str, message: str, index: int | None = None):
-        self.field = field
-        self.index = index
-        self.message = message
-        where = field if index is None else f"events[{index}].{field}"
-        super().__init__(f"{where}: {message}")
-
-
-def validate_event(news_id: Any, event_type: Any, user_id: Any = None, metadata: Any = None,
-                   *, index: int | None = None) -> dict[bytes, bytes | str | int]:
-    """The stream entry's fields for a valid event: n (news id), t (type), u (user, if
-    any), m (metadata as compact JSON, if any). Raises EventError naming the field."""
-    if isinstance(news_id, bool) or not isinstance(news_id, int) or not 0 < news_id <= MAX_NEWS_ID:
-        raise EventError("news_id", f"must be a positive integer, got {news_id!r}", index)
-    if not isinstance(event_type, str) or event_type not in EVENT_TYPES:
-        raise EventError("event_type", f"must be one of {', '.join(EVENT_TYPES)}, got {event_type!r}", index)
-    fields: dict[bytes, bytes | str | int] = {b"n": news_id, b"t": event_type}
-    if user_id is not None:
-        if isinstance(user_id, bool) or not isinstance(user_id, (int, str)):
-            raise EventError("user_id", f"must be a string or an integer, got {user_id!r}", index)
-        user = str(user_id)
-        if not user or len(user) > MAX_USER_ID_CHARS:
-            raise EventError("user_id", f"must be 1 to {MAX_USER_ID_CHARS} characters, got {user[:80]!r}", index)
-        if user != user.strip():
-            # MariaDB compares strings ignoring trailing spaces: "ann " would be "ann".
-            raise EventError("user_id", f"must not start or end with whitespace, got {user!r}", index)
-        fields[b"u"] = _utf8(user, "user_id", index)
-    if metadata is not None:
-        if not isinstance(metadata, dict):
-            raise EventError("metadata", f"must be a JSON object, got {type(metadata).__name__}", index)
-        try:
-            # allow_nan=False: NaN is not JSON, and MariaDB's JSON check would refuse the
-            # whole chunk later.
-            text = json.dumps(metadata, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise EventError("metadata", f"must be JSON-serialisable: {exc}", index) from None
-        data = _utf8(text, "metadata", index)
-        if len(data) > MAX_METADATA_BYTES:
-            raise EventError("metadata", f"is {len(data)} bytes as JSON; at most {MAX_METADATA_BYTES}", index)
-        if metadata:
-            fields[b"m"] = data
-    return fields
-
-
-def _utf8(text: str, field: str, index: int | None) -> bytes:
-    try:
-        return text.encode()
-    except UnicodeEncodeError:
-        raise EventError(field, "must be valid UTF-8 text (it has a lone surrogate)", index) from None
 
 
 def record_event(*, news_id: int, event_type: str, user_id: int | str | None = None,
                  metadata: dict | None = None) -> str:
     """Validate one event and append it to the buffer. Returns its stream id
-    ("<ms>-<seq>"). Raises EventError (naming the field) before anything is written, and
-    redis.RedisError if Redis cannot be reached."""
+    ("<ms>-<seq>"). Raises EventError (naming the field) before anything is written,
+    analytics.buffer.BufferFull past ANALYTICS_BUFFER_MAX_EVENTS / _MAX_BYTES (nothing
+    written), and redis.RedisError if Redis cannot be reached."""
     fields = validate_event(news_id, event_type, user_id, metadata)
-    if not _length_check_due(1):
-        return get_redis().xadd(STREAM_KEY, fields).decode()
-    pipe = get_redis().pipeline(transaction=False)
-    pipe.xadd(STREAM_KEY, fields)
-    pipe.xlen(STREAM_KEY)
-    entry_id, length = pipe.execute()
+    length, entry_id = buffer.append(STREAM_KEY, [fields])
     _after_length_check(length)
-    return entry_id.decode()
+    return entry_id
 
 
 def record_events(events: list[dict]) -> int:
     """Validate a list of events (dicts with news_id, event_type and optional user_id and
     metadata) and append them all in one round trip. All or nothing: one invalid event
-    raises EventError naming its index and field, and nothing is written. Returns the
-    number of events accepted."""
-    if not isinstance(events, list):
-        raise EventError("events", f"must be a list of events, got {type(events).__name__}")
-    if len(events) > MAX_EVENTS_PER_CALL:
-        raise EventError("events", f"at most {MAX_EVENTS_PER_CALL} per call, got {len(events)}")
-    entries = [_fields_of(event, i) for i, event in enumerate(events)]
+    raises EventError naming its index and field, a full buffer raises BufferFull, and
+    nothing is written. Returns the number of events accepted."""
+    entries = validate_events(events)
     if not entries:
         return 0
-    pipe = get_redis().pipeline(transaction=False)
-    for fields in entries:
-        pipe.xadd(STREAM_KEY, fields)
-    pipe.xlen(STREAM_KEY)
-    results = pipe.execute()
-    _after_length_check(results[-1])
+    length, _ = buffer.append(STREAM_KEY, entries)
+    _after_length_check(length)
     return len(entries)
 
 
-def _fields_of(event: Any, index: int) -> dict:
-    if not isinstance(event, dict):
-        raise EventError("event", f"must be a JSON object, got {type(event).__name__}", index)
-    for name in event:
-        if name not in EVENT_FIELDS:
-            raise EventError(str(name), f"unknown field; known: {', '.join(EVENT_FIELDS)}", index)
-    for name in ("news_id", "event_type"):
-        if name not in event:
-            raise EventError(name, "is required", index)
-    return validate_event(event["news_id"], event["event_type"], event.get("user_id"), event.get("metadata"),
-                          index=index)
+def validate_events(events: list, *, limit: int = MAX_EVENTS_PER_CALL) -> list[dict]:
+    """Every event's stream fields, or EventError naming the first bad one's index."""
+    if not isinstance(events, list):
+        raise EventError("events", f"must be a list of events, got {type(events).__name__}")
+    if len(events) > limit:
+        raise EventError("events", f"at most {limit} per call, got {len(events)}")
+    return [fields_of(event, i) for i, event in enumerate(events)]
+
+
+def record_client_events(events: list, *, client: str, limit: int) -> tuple[int, int]:
+    """The public endpoint's path: validate, drop events for news items that do not exist
+    (never buffered), then append the rest in one all-or-nothing step that also spends the
+    client's events budget. Returns (accepted, dropped_unknown_news). Raises EventError,
+    RateLimited, BufferFull (nothing written), redis.RedisError or DatabaseError."""
+    entries = validate_events(events, limit=limit)
+    existing = existing_news_ids({fields[b"n"] for fields in entries})
+    kept = [fields for fields in entries if fields[b"n"] in existing]
+    if kept:
+        length, _ = buffer.append(STREAM_KEY, kept, rate_key=events_key(client),
+                                  rate_limit=settings.ANALYTICS_RATE_EVENTS,
+                                  window_seconds=settings.ANALYTICS_RATE_WINDOW_SECONDS)
+        _after_length_check(length)
+    return len(kept), len(entries) - len(kept)
 
 
 # ---------------------------------------------------------------- the threshold
-
-_since_check = 0
-
-
-def _length_check_due(count: int) -> bool:
-    """Once per ANALYTICS_LENGTH_CHECK_EVERY events recorded by this process (a race
-    between threads only moves the check by a few events)."""
-    global _since_check
-    _since_check += count
-    if _since_check >= settings.ANALYTICS_LENGTH_CHECK_EVERY:
-        _since_check = 0
-        return True
-    return False
 
 
 def _after_length_check(length: int) -> None:
     if length < settings.ANALYTICS_BATCH_THRESHOLD:
         return
     try:
-        if get_redis().set(THRESHOLD_FLAG_KEY, str(time.time()), nx=True, ex=THRESHOLD_COOLDOWN_SECONDS):
+        if buffer.buffer_redis().set(THRESHOLD_FLAG_KEY, str(time.time()), nx=True, ex=THRESHOLD_COOLDOWN_SECONDS):
             enqueue_threshold_batch(length)
     except Exception:
         # The events are in the buffer; the 5-minute run will count them.

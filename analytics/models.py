@@ -90,7 +90,8 @@ class AppliedBatch(models.Model):
     events = models.PositiveIntegerField(default=0, help_text="Entries in the chunk")
     counted = models.PositiveIntegerField(default=0)
     dropped_unknown_news = models.PositiveIntegerField(default=0)
-    dropped_invalid = models.PositiveIntegerField(default=0)
+    dropped_invalid = models.PositiveIntegerField(default=0, verbose_name="quarantined",
+                                                  help_text="Entries quarantined (see Quarantined events)")
     took_ms = models.PositiveIntegerField(default=0)
     applied_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
@@ -113,3 +114,28 @@ class ApplyLock(models.Model):
 
     def __str__(self):
         return f"lock {self.name} (last {self.held_by})"
+
+
+class QuarantinedEvent(models.Model):
+    """A buffer entry the batch could not count: one that is not a valid event (written by
+    an older version, or by hand with XADD), or one whose write the database refused. It
+    is kept here, with the error, instead of stopping every later batch; its chunk's other
+    entries are counted. Written only by the batch (analytics/quarantine.py)."""
+
+    # Unique: a replayed quarantine (a batch killed after its commit) adds nothing.
+    stream_id = models.CharField(max_length=40, unique=True, help_text="Its id in the Redis Stream")
+    # Text, not JSON: the entry is whatever reached the stream, and this row must be
+    # writable whatever it holds (stored as ASCII-escaped JSON, cut at 64 KB).
+    fields = models.TextField(help_text="The entry's fields as JSON (bytes that are not UTF-8 as \\x escapes)")
+    error = models.TextField(help_text="Why it was not counted")
+    stage = models.CharField(max_length=16, help_text="check: refused before SQL; database: the write failed")
+    occurred_at = models.DateTimeField(help_text="When the buffer accepted it")
+    quarantined_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    consumer = models.CharField(max_length=191, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        verbose_name = "quarantined event"
+
+    def __str__(self):
+        return f"entry {self.stream_id}: {self.error[:60]}"

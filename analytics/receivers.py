@@ -5,7 +5,7 @@ from __future__ import annotations
 from analytics.ingest import STREAM_KEY
 from analytics.services import analytics_cleanup
 from jobs.monitoring import AppGauge
-from nextevent.redis import get_redis
+from analytics.buffer import buffer_redis
 
 
 def analytics_cleanup_raw(sender, *, now, **kwargs) -> int:
@@ -18,7 +18,8 @@ analytics_cleanup_raw.cleanup_label = "analytics_raw"
 
 def analytics_gauges(sender, **kwargs) -> list[AppGauge]:
     """jobs.monitoring.gauges_requested: the buffer's length on /metrics, the dashboard and
-    `jobs stats` (0 when the stream does not exist)."""
+    `jobs stats` (0 when the stream does not exist), read from the buffer's own Redis
+    when ANALYTICS_REDIS_URL puts it there."""
     return [AppGauge(name="nextevent_analytics_buffer_length", label="analytics buffer",
                      help=f"Events waiting in the analytics stream ({STREAM_KEY})",
-                     value=int(get_redis().xlen(STREAM_KEY)))]
+                     value=int(buffer_redis().xlen(STREAM_KEY)))]

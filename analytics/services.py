@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import bisect
 import functools
-import json
 import logging
 import os
 import socket
@@ -35,10 +34,13 @@ from django.conf import settings
 from django.db import IntegrityError, OperationalError, connection, transaction
 from django.utils import timezone
 
-from analytics.ingest import EVENT_TYPES, MAX_NEWS_ID, MAX_USER_ID_CHARS, STREAM_KEY, enqueue_threshold_batch
+from analytics import buffer
+from analytics.buffer import buffer_redis
+from analytics.ingest import EVENT_TYPES, STREAM_KEY, enqueue_threshold_batch
+from analytics.models import AppliedBatch, ApplyLock, DailyStat, DailyUser, QuarantinedEvent, RawEvent
+from analytics.quarantine import is_entry_error, quarantine_rows
+from analytics.validation import EventError, entry_fields
 from jobs.maintenance import delete_in_batches
-from analytics.models import AppliedBatch, ApplyLock, DailyStat, DailyUser, RawEvent
-from nextevent.redis import get_redis
 from news.models import News
 
 logger = logging.getLogger(__name__)
@@ -64,6 +66,8 @@ class Entry:
     event_type: str = ""
     user_id: bytes = b""  # UTF-8, as stored in the stream
     metadata: bytes | None = None  # a JSON object, UTF-8
+    fields: dict | None = None  # as read, for the quarantine
+    error: str = ""  # why it is not a valid event
 
 
 @dataclass
@@ -101,7 +105,7 @@ def analytics_process_batch(*, reason: str = "manual", max_events: int | None = 
     max_events = max_events or settings.ANALYTICS_BATCH_MAX_EVENTS
     max_seconds = max_seconds or settings.ANALYTICS_BATCH_MAX_SECONDS
     chunk_size = chunk_size or settings.ANALYTICS_BATCH_CHUNK
-    client = get_redis()
+    client = buffer_redis()
     ensure_group(client)
     consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     started = time.monotonic()
@@ -120,14 +124,14 @@ def analytics_process_batch(*, reason: str = "manual", max_events: int | None = 
                 claiming = cursor != "0-0"
                 if not entries:
                     continue
-                tally = _apply_with_retries(entries, fresh_read=False, reason=reason, consumer=consumer)
+                tally = apply_isolating(entries, fresh_read=False, reason=reason, consumer=consumer)
                 tally.taken_over = len(entries)
             else:
                 entries = _read_new(client, consumer, count)
                 if not entries:
                     break
-                tally = _apply_with_retries(entries, fresh_read=True, reason=reason, consumer=consumer)
-            _ack(client, [e.entry_id for e in entries])
+                tally = apply_isolating(entries, fresh_read=True, reason=reason, consumer=consumer)
+            _ack(client, entries)
             total.add(tally)
     finally:
         _forget_consumers(client, consumer)
@@ -137,7 +141,7 @@ def analytics_process_batch(*, reason: str = "manual", max_events: int | None = 
     backlog = client.xlen(STREAM_KEY)
     summary = (f"{total.events} events in {total.chunks} chunk(s) in {time.monotonic() - started:.2f} s: "
                f"{total.counted} counted, {total.dropped_unknown_news} dropped (unknown news), "
-               f"{total.dropped_invalid} dropped (invalid), {total.replayed} already counted, "
+               f"{total.dropped_invalid} quarantined, {total.replayed} already counted, "
                f"{total.taken_over} taken over; buffer now {backlog}")
     if limited and backlog:
         enqueue_threshold_batch(backlog, reason="continue")
@@ -157,7 +161,7 @@ def ensure_group(client: redis.Redis) -> None:
 
 def buffer_status() -> dict:
     """Length of the buffer and entries read but not yet acknowledged (for admin/ops)."""
-    client = get_redis()
+    client = buffer_redis()
     length = client.xlen(STREAM_KEY)
     try:
         pending = client.xpending(STREAM_KEY, GROUP)["pending"]
@@ -186,33 +190,22 @@ def _take_over_idle(client: redis.Redis, consumer: str, cursor: str, count: int)
 
 
 def _parse(entry_id: bytes | str, fields: dict | None) -> Entry:
-    """An entry as written by analytics.ingest; anything else (written by hand, or by an
-    older version) is marked invalid here rather than failing the whole chunk in SQL."""
+    """An entry as written by analytics.ingest, checked as ingest checks an event
+    (analytics/validation.py); anything else (written by hand, or by an older version) is
+    marked with its error and quarantined rather than failing the whole chunk in SQL."""
     entry_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
     ms = int(entry_id.partition("-")[0])
-    entry = Entry(entry_id=entry_id, key=sort_key(entry_id), ms=ms, news_id=None)
-    if not fields:  # deleted from the stream while pending (Redis 6.2 reports it so)
-        return entry
+    entry = Entry(entry_id=entry_id, key=sort_key(entry_id), ms=ms, news_id=None, fields=fields)
     try:
-        news_id = int(fields[b"n"])
-        event_type = fields[b"t"].decode()
-        user = fields.get(b"u") or b""
-        metadata = fields.get(b"m") or None
-        if len(user.decode()) > MAX_USER_ID_CHARS or (metadata is not None and not isinstance(
-                json.loads(metadata), dict)):
-            return entry
-    except (KeyError, ValueError, UnicodeDecodeError):
-        return entry
-    if event_type in EVENT_TYPES and 0 < news_id <= MAX_NEWS_ID:
-        entry.news_id, entry.event_type, entry.user_id, entry.metadata = news_id, event_type, user, metadata
+        entry.news_id, entry.event_type, entry.user_id, entry.metadata = entry_fields(fields)
+    except EventError as exc:
+        entry.news_id, entry.error = None, str(exc)
     return entry
 
 
-def _ack(client: redis.Redis, entry_ids: list[str]) -> None:
-    pipe = client.pipeline(transaction=False)
-    pipe.xack(STREAM_KEY, GROUP, *entry_ids)
-    pipe.xdel(STREAM_KEY, *entry_ids)
-    pipe.execute()
+def _ack(client: redis.Redis, entries: list[Entry]) -> None:
+    # One script: the buffer's byte budget (analytics/buffer.py) goes down with the deletion.
+    buffer.acknowledge(client, STREAM_KEY, GROUP, [(e.entry_id, e.fields) for e in entries])
 
 
 def _forget_consumers(client: redis.Redis, mine: str) -> None:
@@ -228,6 +221,57 @@ def _forget_consumers(client: redis.Redis, mine: str) -> None:
 
 
 # ---------------------------------------------------------------- one chunk
+
+
+def apply_isolating(entries: list[Entry], *, fresh_read: bool, reason: str, consumer: str) -> Tally:
+    """Apply a chunk. If the database refuses it because of what an entry holds (see
+    analytics.quarantine.is_entry_error), split it in halves and apply each, down to single
+    entries, which are quarantined with the error: one bad entry costs about 2·log2(chunk)
+    extra transactions and stops nothing. Every other entry is counted exactly once: each
+    part is its own transaction with its own AppliedBatch record, and a failed part was
+    rolled back whole. Other failures (the database down) propagate, entries stay pending."""
+    total = Tally()
+    # Depth-first over an explicit stack, first half first: at most 2·len(entries) parts.
+    parts: list[tuple[list[Entry], bool]] = [(entries, fresh_read)]
+    while parts:
+        part, whole_read = parts.pop()
+        try:
+            total.add(_apply_with_retries(part, fresh_read=whole_read, reason=reason, consumer=consumer))
+            continue
+        except Exception as exc:
+            if not is_entry_error(exc):
+                raise
+            failure = exc
+        if len(part) == 1:
+            total.add(_quarantine_refused(part[0], failure, reason=reason, consumer=consumer))
+            continue
+        logger.warning("analytics: a chunk of %d entries (%s .. %s) was refused (%s: %s); splitting it to find "
+                       "the entries at fault", len(part), part[0].entry_id, part[-1].entry_id,
+                       type(failure).__name__, str(failure)[:300])
+        middle = len(part) // 2
+        # Parts record their entries one by one (fresh_read=False): a half's range is
+        # contiguous too, but listing is cheap here and needs no reasoning about gaps.
+        parts += [(part[middle:], False), (part[:middle], False)]
+    return total
+
+
+def _quarantine_refused(entry: Entry, failure: BaseException, *, reason: str, consumer: str) -> Tally:
+    """One entry the database refused: quarantined and recorded as applied in one
+    transaction, so a replay neither counts nor quarantines it twice."""
+    started = time.monotonic()
+    tally = Tally(chunks=1, events=1)
+    with transaction.atomic():
+        _lock_apply(consumer)
+        if _already_applied([entry]):
+            tally.replayed = 1
+            return tally
+        tally.dropped_invalid = quarantine_rows([entry], stage="database", consumer=consumer,
+                                                errors={entry.entry_id: f"{type(failure).__name__}: {failure}"})
+        _record_applied([entry], whole_range=False, reason=reason, consumer=consumer, tally=tally,
+                        took_ms=int((time.monotonic() - started) * 1000))
+    logger.error("analytics: entry %s quarantined, the database refused it: %s", entry.entry_id,
+                 str(failure)[:300])
+    return tally
 
 
 def _apply_with_retries(entries: list[Entry], *, fresh_read: bool, reason: str, consumer: str) -> Tally:
@@ -256,7 +300,11 @@ def apply_chunk(entries: list[Entry], *, fresh_read: bool, reason: str, consumer
         if not fresh:
             return tally
         valid = [e for e in fresh if e.news_id is not None]
-        tally.dropped_invalid = len(fresh) - len(valid)
+        invalid = [e for e in fresh if e.news_id is None]
+        if invalid:
+            tally.dropped_invalid = quarantine_rows(invalid, stage="check", consumer=consumer)
+            logger.warning("analytics: %d entr(ies) that are not valid events quarantined, e.g. %s: %s",
+                           len(invalid), invalid[0].entry_id, invalid[0].error[:200])
         wanted = {e.news_id for e in valid}
         # Locked (in id order, as the totals UPDATE will): an item cannot be deleted between
         # this check and the counters' insert, which would fail the chunk on its foreign key.
@@ -430,14 +478,15 @@ RAW_DELETE_MAX_BATCHES = 200
 
 
 def analytics_cleanup(*, now: datetime | None = None) -> int:
-    """Delete raw events (and applied-batch records) older than ANALYTICS_RAW_RETENTION_DAYS,
-    in short transactions of RAW_DELETE_BATCH rows, at most RAW_DELETE_MAX_BATCHES per
-    run. Counters and unique users are kept. Returns the raw events deleted."""
+    """Delete raw events (and applied-batch records and quarantined entries) older than
+    ANALYTICS_RAW_RETENTION_DAYS, in short transactions of RAW_DELETE_BATCH rows, at most
+    RAW_DELETE_MAX_BATCHES per run. Counters and unique users are kept. Returns the raw events deleted."""
     now = now or timezone.now()
     cutoff = now - timedelta(days=settings.ANALYTICS_RAW_RETENTION_DAYS)
     deleted = delete_in_batches(RawEvent.objects.filter(occurred_at__lt=cutoff), batch=RAW_DELETE_BATCH,
                                 max_batches=RAW_DELETE_MAX_BATCHES)
     batches = delete_in_batches(AppliedBatch.objects.filter(applied_at__lt=cutoff))
-    logger.info("analytics cleanup: %d raw event(s) and %d batch record(s) older than %s deleted",
-                deleted, batches, cutoff.isoformat())
+    quarantined = delete_in_batches(QuarantinedEvent.objects.filter(quarantined_at__lt=cutoff))
+    logger.info("analytics cleanup: %d raw event(s), %d batch record(s) and %d quarantined entr(ies) older than %s "
+                "deleted", deleted, batches, quarantined, cutoff.isoformat())
     return deleted

@@ -181,7 +181,7 @@ def main() -> None:
     from analytics.services import buffer_status
     from jobs.models import Job
     from news.models import News
-    from nextevent.redis import get_redis
+    from analytics.buffer import buffer_redis
 
     if buffer_status() != {"length": 0, "pending": 0}:
         raise SystemExit(f"the buffer {STREAM_KEY} in Redis db {settings.REDIS.get('db')} is not empty: "
@@ -215,7 +215,7 @@ def main() -> None:
     finally:
         _cleanup(news_ids + base_ids, marks)
         if buffer_status() == {"length": 0, "pending": 0}:
-            get_redis().delete(STREAM_KEY)  # it was empty before the run
+            buffer_redis().delete(STREAM_KEY)  # it was empty before the run
 
 
 def _cleanup(news_ids: list[int], marks: dict) -> None:

@@ -156,6 +156,30 @@ def redis_config(env: Env, *, embedded: bool) -> dict:
     return config
 
 
+def analytics_redis_config(env: Env) -> dict | None:
+    """ANALYTICS_REDIS_URL (redis://host:port/db, rediss://..., unix:///path?db=N) and an
+    optional ANALYTICS_REDIS_PASSWORD (kept out of the URL, so the URL can be logged).
+    None: the analytics buffer shares the project's Redis."""
+    url = env.str("ANALYTICS_REDIS_URL", "")
+    if not url:
+        return None
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"ANALYTICS_REDIS_URL must start with redis://, rediss:// or unix://, got {url[:40]!r}")
+    return {"url": url, "password": env.str("ANALYTICS_REDIS_PASSWORD", "")}
+
+
+def meta_header_name(env: Env, name: str) -> str:
+    """An HTTP header name from the environment as Django's request.META key
+    ("X-Forwarded-For" -> "HTTP_X_FORWARDED_FOR"); empty when unset."""
+    raw = (env.str(name, "") or "").strip()
+    if not raw:
+        return ""
+    if not all(c.isalnum() or c in "-_" for c in raw):
+        raise ConfigError(f"{name} must be an HTTP header name such as X-Forwarded-For, got {raw!r}")
+    key = raw.upper().replace("-", "_")
+    return key if key.startswith("HTTP_") or key == "REMOTE_ADDR" else "HTTP_" + key
+
+
 def describe_redis(config: dict) -> str:
     if "unix_socket_path" in config:
         return f"unix:{config['unix_socket_path']}"

@@ -10,8 +10,10 @@ from nextevent.config import (
     check_secret_key,
     database_config,
     embedded_enabled,
+    analytics_redis_config,
     generated_secret_key,
     proxy_ssl_header,
+    meta_header_name,
     read_dotenv,
     redis_config,
 )
@@ -274,8 +276,6 @@ READYZ_MAX_DEAD_JOBS = env.int("READYZ_MAX_DEAD_JOBS", 100, min_value=0)
 # Events go to a Redis Stream; `news:analytics` jobs (every 5 minutes, and as soon as the
 # buffer holds ANALYTICS_BATCH_THRESHOLD events) count them into MariaDB in chunks.
 ANALYTICS_BATCH_THRESHOLD = env.int("ANALYTICS_BATCH_THRESHOLD", 10_000, min_value=1)
-# Ingest checks the buffer's length once per this many events recorded by the process.
-ANALYTICS_LENGTH_CHECK_EVERY = env.int("ANALYTICS_LENGTH_CHECK_EVERY", 100, min_value=1)
 ANALYTICS_BATCH_CHUNK = env.int("ANALYTICS_BATCH_CHUNK", 5_000, min_value=1, max_value=50_000)
 # One run stops after this many events or seconds (the job's timeout is 300 s) and, if the
 # buffer is not empty, enqueues the next run.
@@ -286,3 +286,24 @@ ANALYTICS_BATCH_MAX_SECONDS = env.float("ANALYTICS_BATCH_MAX_SECONDS", 120, min_
 ANALYTICS_CLAIM_IDLE_SECONDS = env.float("ANALYTICS_CLAIM_IDLE_SECONDS", 30, min_value=0)
 ANALYTICS_RAW_RETENTION_DAYS = env.int("ANALYTICS_RAW_RETENTION_DAYS", 30, min_value=1)
 ANALYTICS_HTTP_MAX_BYTES = env.int("ANALYTICS_HTTP_MAX_BYTES", 1024 * 1024, min_value=1024)
+# The buffer on its own Redis (None: the project's Redis). See readme: Analytics security.
+ANALYTICS_REDIS = analytics_redis_config(env)
+# Back-pressure: past this many buffered events, writes are refused whole (the endpoint
+# answers 503 with Retry-After) so the buffer cannot fill the Redis the jobs need. 0: off.
+ANALYTICS_BUFFER_MAX_EVENTS = env.int("ANALYTICS_BUFFER_MAX_EVENTS", 1_000_000, min_value=0)
+# The same for the buffer's memory, estimated per event from its size (typical events ~42
+# bytes, the largest allowed ~5.4 KB): caps what large events can take. 0: off.
+ANALYTICS_BUFFER_MAX_BYTES = env.int("ANALYTICS_BUFFER_MAX_BYTES", 256 * 1024 * 1024, min_value=0)
+ANALYTICS_BUFFER_RETRY_AFTER = env.int("ANALYTICS_BUFFER_RETRY_AFTER", 30, min_value=1)
+# Per client address and window; 0 turns a limit off. Generous by default: many readers
+# can share one address (offices, mobile carriers' NAT).
+ANALYTICS_RATE_WINDOW_SECONDS = env.float("ANALYTICS_RATE_WINDOW_SECONDS", 60, min_value=1)
+ANALYTICS_RATE_REQUESTS = env.int("ANALYTICS_RATE_REQUESTS", 600, min_value=0)
+ANALYTICS_RATE_EVENTS = env.int("ANALYTICS_RATE_EVENTS", 20_000, min_value=0)
+if 0 < ANALYTICS_RATE_EVENTS < 1000:
+    # A request may carry 1,000 events: a smaller budget would refuse it in every window.
+    raise ConfigError(f"ANALYTICS_RATE_EVENTS must be 0 or >= 1000, got {ANALYTICS_RATE_EVENTS}")
+# Behind a reverse proxy: the header it sets to the client's address (e.g. X-Forwarded-For;
+# its last address is used). Empty: REMOTE_ADDR. Never set it without a proxy that
+# overwrites the header, or clients choose their own address.
+ANALYTICS_CLIENT_IP_HEADER = meta_header_name(env, "ANALYTICS_CLIENT_IP_HEADER")

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from analytics import services
 from analytics.ingest import STREAM_KEY, record_event, record_events
-from analytics.models import AppliedBatch, DailyStat, DailyUser, RawEvent
+from analytics.models import AppliedBatch, DailyStat, DailyUser, QuarantinedEvent, RawEvent
 from analytics.selectors import news_daily_stats, top_news_by_views, unique_users
 from analytics.services import GROUP, analytics_cleanup, analytics_process_batch
 from jobs.models import Job, JobState
@@ -134,7 +134,7 @@ def test_events_for_news_that_does_not_exist_are_counted_dropped_logged_and_not_
     assert analytics_process_batch(reason="test").startswith("0 events")
 
 
-def test_entries_that_are_not_valid_events_are_dropped_and_acknowledged():
+def test_entries_that_are_not_valid_events_are_quarantined_and_acknowledged():
     news = NewsFactory()
     client = get_redis()
     client.xadd(STREAM_KEY, {"junk": "1"})
@@ -144,9 +144,16 @@ def test_entries_that_are_not_valid_events_are_dropped_and_acknowledged():
     client.xadd(STREAM_KEY, {"n": news.pk, "t": "view", "u": "x" * 65})
     record_event(news_id=news.pk, event_type="share")
     summary = analytics_process_batch(reason="test")
-    assert "1 counted" in summary and "5 dropped (invalid)" in summary
+    assert "1 counted" in summary and "5 quarantined" in summary
     assert buffer_empty()
     assert News.objects.get(pk=news.pk).share_count == 1
+    errors = dict(QuarantinedEvent.objects.values_list("fields", "error"))
+    assert errors['{"junk": "1"}'] == "entry: unknown field b'junk'; known: n, t, u, m"
+    assert errors['{"n": "abc", "t": "view"}'].startswith("n: news id must be a positive 64-bit integer")
+    assert errors[f'{{"n": "{news.pk}", "t": "click"}}'].startswith("t: event type must be one of view, share, like")
+    assert errors[f'{{"m": "not json", "n": "{news.pk}", "t": "view"}}'].startswith("m: metadata is not JSON")
+    assert errors[f'{{"n": "{news.pk}", "t": "view", "u": "{"x" * 65}"}}'].startswith("user_id: must be 1 to 64")
+    assert set(QuarantinedEvent.objects.values_list("stage", flat=True)) == {"check"}
 
 
 def test_a_chunk_that_fails_before_commit_is_counted_once_by_the_next_run(monkeypatch, settings):

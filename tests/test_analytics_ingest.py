@@ -10,11 +10,6 @@ from analytics.ingest import enqueue_news_analytics
 from nextevent.redis import get_redis
 
 
-@pytest.fixture(autouse=True)
-def fresh_length_counter(monkeypatch):
-    monkeypatch.setattr(ingest, "_since_check", 0)
-
-
 def entries():
     return get_redis().xrange(STREAM_KEY)
 
@@ -130,7 +125,6 @@ def test_metadata_of_exactly_4_kb_is_accepted():
 @pytest.mark.django_db
 def test_passing_the_threshold_enqueues_one_batch_job(settings):
     settings.ANALYTICS_BATCH_THRESHOLD = 50
-    settings.ANALYTICS_LENGTH_CHECK_EVERY = 10
     for _ in range(49):
         record_event(news_id=1, event_type="view")
     assert not Job.objects.filter(job_type="news:analytics").exists()
@@ -157,3 +151,67 @@ def test_below_the_threshold_no_job_is_enqueued(settings):
     settings.ANALYTICS_BATCH_THRESHOLD = 10_000
     record_events([{"news_id": 1, "event_type": "view"}] * 1000)
     assert not Job.objects.filter(job_type="news:analytics").exists()
+
+
+def nested(levels, leaf=1):
+    value = leaf
+    for _ in range(levels - 1):
+        value = {"a": value}
+    return {"a": value} if levels else value
+
+
+# Everything MariaDB's JSON check or columns would refuse when the batch writes it (issue 12,
+# finding 1): refused here, naming the field and where inside it.
+DATABASE_WOULD_REFUSE = [
+    ({"metadata": nested(40)}, "metadata: nested deeper than 8 levels (at .a.a.a.a.a.a.a.a)"),
+    ({"metadata": nested(9)}, "metadata: nested deeper than 8 levels"),
+    ({"metadata": {"l": [[[[[[[[1]]]]]]]]}}, "metadata: nested deeper than 8 levels (at .l[0][0][0][0][0][0][0])"),
+    ({"metadata": {"big": 2**64}}, "metadata: integer out of the 64-bit range (at .big)"),
+    ({"metadata": {"neg": [-(2**63) - 1]}}, "metadata: integer out of the 64-bit range (at .neg[0])"),
+    ({"metadata": {"x": float("inf")}}, "metadata: number must be finite (no NaN or Infinity) (at .x)"),
+    ({"metadata": {"x": {"y": float("nan")}}}, "metadata: number must be finite"),
+    ({"metadata": {"\ud800": 1}}, "metadata: key is not valid Unicode (a lone surrogate)"),
+    ({"metadata": {"k": ["ok", "\udc00"]}}, "metadata: string is not valid Unicode (a lone surrogate) (at .k[1])"),
+    ({"metadata": {1: "x"}}, "metadata: keys must be strings"),
+    ({"metadata": {"k": b"bytes"}}, "metadata: bytes is not a JSON value (at .k)"),
+    ({"user_id": 10**5000}, "user_id: an integer user id must fit in 64 bits"),
+    ({"news_id": 10**5000}, "news_id: must be a positive integer of at most 64 bits, got an integer of"),
+]
+
+
+@pytest.mark.parametrize("extra,message", DATABASE_WOULD_REFUSE)
+def test_it_refuses_what_the_database_would_refuse_naming_the_field(extra, message):
+    event = {"news_id": 1, "event_type": "view", **extra}
+    with pytest.raises(EventError) as err:
+        record_event(**event)
+    assert str(err.value).startswith(message)
+    with pytest.raises(EventError) as err:
+        record_events([{"news_id": 1, "event_type": "view"}, event])
+    assert str(err.value).startswith(f"events[1].{message}") and err.value.index == 1
+    assert entries() == []
+
+
+def test_a_shared_list_does_not_make_the_walk_explode():
+    wide = [0] * 100
+    for _ in range(6):
+        wide = [wide] * 100  # 10^14 values if walked naively
+    with pytest.raises(EventError) as err:
+        record_event(news_id=1, event_type="view", metadata={"w": wide})
+    assert "more than 4096 values" in str(err.value)
+
+
+def test_metadata_at_the_depth_limit_with_64_bit_extremes_is_accepted():
+    metadata = nested(8, leaf=[2**63 - 1, -(2**63), 1.5e300, "\U0010ffff", None])
+    metadata_7 = nested(7, leaf=[2**63 - 1, -(2**63), 1.5e300, "\U0010ffff", None])
+    with pytest.raises(EventError):
+        record_event(news_id=1, event_type="view", metadata=metadata)  # the list is level 9
+    record_event(news_id=1, event_type="view", metadata=metadata_7)
+    assert len(entries()) == 1
+
+
+def test_the_largest_call_goes_through_the_append_script_in_one_piece():
+    events = [{"news_id": 1 + i % 7, "event_type": "view", "user_id": f"u{i}", "metadata": {"i": i}}
+              for i in range(ingest.MAX_EVENTS_PER_CALL)]
+    assert record_events(events) == ingest.MAX_EVENTS_PER_CALL
+    stored = entries()
+    assert len(stored) == ingest.MAX_EVENTS_PER_CALL and stored[-1][1][b"m"] == b'{"i":9999}'
