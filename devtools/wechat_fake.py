@@ -345,7 +345,7 @@ class FakeWechat:
             if isinstance(outcome, int) and outcome < 500:
                 return
 
-    def verify_url(self, echostr: str = "fake-echo-123") -> tuple[int, str]:
+    def verify_url(self, echostr: str = "5724381093477") -> tuple[int, str]:
         """The console's server check (GET) in the configured mode: (HTTP status, answer)."""
         import requests
 

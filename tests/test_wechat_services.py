@@ -17,11 +17,12 @@ from news.services import news_publish
 from tests.wechat_fixtures import DEFAULT_THUMB, callback, fake_wechat, publish_event_xml  # noqa: F401  (fixture)
 from wechat.client import WechatOutcomeUnknown, WechatTransientError
 from wechat.models import ArticleState, ImageKind, WechatArticle, WechatImage
-from wechat.scheduling import WECHAT_DRAFT_CREATION, WECHAT_PUBLISHING
+from wechat.scheduling import WECHAT_DRAFT_CREATION, WECHAT_PUBLISHING, WECHAT_PUSH_MATCH
 from wechat.services import (
     DEFAULT_THUMB_PATH,
     next_quota_reset,
     wechat_draft_create,
+    wechat_match_push,
     wechat_publish,
     wechat_resolve_unknown,
     wechat_retry,
@@ -611,17 +612,66 @@ def test_a_failed_publish_push_fails_the_article(client, published, fake_wechat)
     assert article.state == ArticleState.FAILED and "original-content check failed" in article.last_error
 
 
-def test_a_push_for_an_unknown_publish_wakes_the_articles_checking_a_lost_submit(client, published, fake_wechat):
+def test_a_push_for_an_unknown_publish_id_is_matched_in_a_job_not_in_the_request(client, published, fake_wechat):
     news = published()
     lost_submit(fake_wechat, news)
-    job = Job.objects.get(job_type=WECHAT_PUBLISHING, subject=f"news:{news.pk}")
-    Job.objects.filter(pk=job.pk).update(state=JobState.SCHEDULED, run_at=timezone.now() + timedelta(hours=1))
+    [pub] = fake_wechat.publishes.values()
+    fake_wechat.settle(pub["publish_id"], 0)
+    calls_before = len(fake_wechat.calls)
 
-    callback(client, publish_event_xml(next(iter(fake_wechat.publishes)), 0, "ART_1", "https://mp.weixin.qq.com/s/y"))
+    for _ in range(3):  # WeChat may push it again
+        response = callback(client, publish_event_xml(pub["publish_id"], 0, pub["article_id"], pub["urls"][0]))
+        assert response.content == b"success"
 
-    job.refresh_from_db()
-    assert job.run_at <= timezone.now()
-    assert WechatArticle.objects.get(news=news).state == ArticleState.CHECKING  # the job decides, by the records
+    assert len(fake_wechat.calls) == calls_before  # nothing asked of WeChat inside the request
+    assert WechatArticle.objects.get(news=news).state == ArticleState.CHECKING
+    [job] = Job.objects.filter(job_type=WECHAT_PUSH_MATCH)  # one job, however often it was pushed
+    assert job.payload["publish_id"] == str(pub["publish_id"]) and job.state == JobState.PENDING
+
+    result = wechat_match_push(**{k: v for k, v in job.payload.items()} | {
+        "received_at": timezone.now()})
+
+    article = WechatArticle.objects.get(news=news)
+    assert result == f"publish {pub['publish_id']} is news {news.pk}'s (marker found): published"
+    assert article.state == ArticleState.PUBLISHED and article.publish_id == str(pub["publish_id"])
+    assert article.article_id == pub["article_id"] and article.article_url == pub["urls"][0]
+    assert fake_wechat.count("freepublish/getarticle") == 1 and fake_wechat.count("freepublish/submit") == 1
+    assert publish(article) == "article is published; nothing to do"
+
+
+def test_a_push_whose_content_is_not_ours_settles_nothing(published, fake_wechat):
+    news = published()
+    lost_submit(fake_wechat, news, "close")  # ours never reached WeChat
+    other = fake_wechat.settle(fake_wechat._api_freepublish_submit(  # someone else's publication
+        {"media_id": fake_wechat._api_draft_add({"articles": [{"title": "x", "content": "<p>y</p>",
+                                                                "thumb_media_id": DEFAULT_THUMB}]}, b"")["media_id"]}
+    )["publish_id"], 0)
+
+    result = wechat_match_push(publish_id=str(other["publish_id"]), status=0, article_id=other["article_id"],
+                               urls=other["urls"], fail_idx=[], received_at=timezone.now())
+
+    assert result.endswith("is not one of ours")
+    assert WechatArticle.objects.get(news=news).state == ArticleState.CHECKING
+
+
+def test_a_failure_push_for_an_unknown_publish_id_goes_to_a_person_showing_the_failure(published, fake_wechat,
+                                                                                        caplog):
+    news = published()
+    lost_submit(fake_wechat, news)
+    [pub] = fake_wechat.publishes.values()
+    fake_wechat.settle(pub["publish_id"], 3)  # no article_id in a failure
+
+    result = wechat_match_push(publish_id=str(pub["publish_id"]), status=3, article_id="", urls=[], fail_idx=[1],
+                               received_at=timezone.now())
+
+    article = WechatArticle.objects.get(news=news)
+    assert "left to a person" in result
+    assert article.state == ArticleState.UNKNOWN and article.publish_status == 3 and article.publish_id == ""
+    assert "publishing failed (publish_status 3)" in article.last_error and "probably this article" in article.last_error
+    assert any(r.getMessage().startswith(f"ALERT wechat_unknown:news:{news.pk}") for r in caplog.records)
+    with pytest.raises(PermanentError, match="publishing failed"):
+        publish(article)  # its job goes dead: the dead-jobs alert
+    assert fake_wechat.count("freepublish/submit") == 1 and len(fake_wechat.drafts) == 1
 
 
 def test_the_callback_acknowledges_other_messages_and_refuses_entities(client, fake_wechat):
