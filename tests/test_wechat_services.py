@@ -232,6 +232,20 @@ def test_a_title_too_long_for_wechat_fails_before_anything_is_uploaded(published
     assert fake_wechat.calls == []
 
 
+@pytest.mark.parametrize("field, value, setting", [
+    ("title", "标" * 22, "WECHAT_TITLE_MAX_BYTES"),    # 22 characters, 66 bytes
+    ("author", "作" * 9, "WECHAT_AUTHOR_MAX_BYTES"),    # 9 characters, 27 bytes
+    ("digest", "摘" * 121, "WECHAT_DIGEST_MAX_BYTES"),  # 121 characters, 363 bytes
+])
+def test_text_under_the_character_limit_but_over_the_byte_limit_fails_first(published, fake_wechat, field, value,
+                                                                            setting):
+    news = published(**{field: value})
+
+    with pytest.raises(PermanentError, match=f"{field}: .* bytes in UTF-8.*{setting}"):
+        wechat_draft_create(news_id=news.pk)
+    assert fake_wechat.calls == []
+
+
 def test_a_field_wechat_refuses_fails_the_article_with_its_errcode(published, fake_wechat, settings):
     settings.WECHAT_AUTHOR_MAX_CHARS = 64  # our limit looser than WeChat's
     news = published(author="a" * 20)
@@ -381,6 +395,27 @@ def test_polling_backs_off_until_wechat_has_published(published, fake_wechat, se
     assert article.article_url == f"https://mp.weixin.qq.com/s/fake{article.publish_id}_1"
     assert publish(article) == "article is published; nothing to do"
     assert fake_wechat.count("freepublish/get") == 3
+
+
+@pytest.mark.parametrize("bad_url", ["javascript:alert(1)", "https://evil.example/s/x", "http://mp.weixin.qq.com/s/x"])
+def test_an_article_url_from_polling_or_the_records_is_checked_like_the_pushs(published, fake_wechat, bad_url,
+                                                                             caplog):
+    news = published()
+    article = submitted(fake_wechat, news)
+    pub = fake_wechat.settle(article.publish_id, 0)
+    pub["urls"] = [bad_url]  # freepublish/get answers with it
+
+    assert publish(article) == f"published: {article.publish_id}"
+    article.refresh_from_db()
+    assert article.state == ArticleState.PUBLISHED and article.article_url == ""
+    assert "article_url from freepublish/get not stored" in caplog.text
+
+    other = published()
+    lost = lost_submit(fake_wechat, other)
+    later = fake_wechat.settle(max(fake_wechat.publishes), 0)  # the lost submit's publication
+    fake_wechat.published[later["article_id"]]["news_item"][0]["url"] = bad_url  # freepublish/batchget has it
+    assert publish(lost).startswith("published: found in freepublish/batchget")
+    assert WechatArticle.objects.get(pk=lost.pk).article_url == ""
 
 
 def test_a_publish_wechat_rejects_fails_the_article(published, fake_wechat):
