@@ -702,7 +702,8 @@ def test_a_failure_push_for_an_unknown_publish_id_goes_to_a_person_showing_the_f
     article = WechatArticle.objects.get(news=news)
     assert "left to a person" in result
     assert article.state == ArticleState.UNKNOWN and article.publish_status == 3 and article.publish_id == ""
-    assert "publishing failed (publish_status 3)" in article.last_error and "probably this article" in article.last_error
+    assert "publishing failed (publish_status 3)" in article.last_error
+    assert "probably this article" in article.last_error
     assert any(r.getMessage().startswith(f"ALERT wechat_unknown:news:{news.pk}") for r in caplog.records)
     with pytest.raises(PermanentError, match="publishing failed"):
         publish(article)  # its job goes dead: the dead-jobs alert

@@ -20,4 +20,5 @@ from wechat.services.publishing import wechat_publish
 from wechat.services.quota import next_quota_reset
 
 __all__ = ["DEFAULT_THUMB_PATH", "next_quota_reset", "wechat_draft_create", "wechat_match_push",
-           "wechat_on_news_published", "wechat_publish", "wechat_publish_event", "wechat_push", "wechat_resolve_unknown", "wechat_retry"]
+           "wechat_on_news_published", "wechat_publish", "wechat_publish_event", "wechat_push", "wechat_resolve_unknown",
+           "wechat_retry"]
