@@ -22,7 +22,7 @@ from jobs.monitoring.alerts import Alert, raise_alert
 from wechat.client import WechatClient, WechatPermanentError
 from wechat.models import ArticleState, WechatArticle
 from wechat.scheduling import schedule_wechat_publishing
-from wechat.services.callback import apply_publish_result, failure_message, safe_article_url
+from wechat.services.callback import PUBLISH_STATUS, apply_publish_result, failure_message, safe_article_url
 from wechat.services.records import CLOCK_SLACK, carries_marker
 
 logger = logging.getLogger("wechat.services")
@@ -105,11 +105,7 @@ def _failure_without_article(candidates, *, publish_id, status, fail_idx, receiv
         if moved:
             alert_person(article, message)
             schedule_wechat_publishing(article.news_id, article.draft_media_id)  # goes dead: the alert holds
-    return f"publish {publish_id} ({PUBLISH_STATUS_SHORT.get(status, status)}): {len(suspects)} article(s) " \
-           "left to a person"
-
-
-PUBLISH_STATUS_SHORT = {2: "original-content check failed", 3: "failed", 4: "audit failed"}
+    return f"publish {publish_id} ({PUBLISH_STATUS.get(status, status)}): {len(suspects)} article(s) left to a person"
 
 
 def alert_person(article: WechatArticle, message: str) -> None:
