@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from jobs.queues import DEFAULT_WORKERS
 from nextevent.config import (
     BASE_DIR,
@@ -211,6 +213,15 @@ WECHAT_TOKEN = env.str("WECHAT_TOKEN", "")
 WECHAT_CALLBACK_WINDOW = env.int("WECHAT_CALLBACK_WINDOW", 300, min_value=10, max_value=86400)
 WECHAT_CALLBACK_MAX_BYTES = env.int("WECHAT_CALLBACK_MAX_BYTES", 64 * 1024, min_value=1024, max_value=1024 * 1024)
 WECHAT_ARTICLE_HOSTS = env.list("WECHAT_ARTICLE_HOSTS", ["mp.weixin.qq.com"])
+# The console's EncodingAESKey (43 characters): turns on the compatible and safe message modes
+# (decryption, the msg_signature check, the encrypted echostr of the server check). With it set,
+# plaintext pushes are refused unless WECHAT_CALLBACK_ALLOW_PLAINTEXT=1 (while switching modes
+# in the console). See wechat/crypto.py. A secret: never logged.
+WECHAT_ENCODING_AES_KEY = env.str("WECHAT_ENCODING_AES_KEY", "")
+if WECHAT_ENCODING_AES_KEY and not re.fullmatch(r"[A-Za-z0-9+/]{43}", WECHAT_ENCODING_AES_KEY):
+    raise ConfigError("WECHAT_ENCODING_AES_KEY must be the 43 letters and digits of the account console's "
+                      "EncodingAESKey")
+WECHAT_CALLBACK_ALLOW_PLAINTEXT = env.bool("WECHAT_CALLBACK_ALLOW_PLAINTEXT", not WECHAT_ENCODING_AES_KEY)
 # Off: stop at the draft (unverified subscription accounts cannot use freepublish: 48001).
 WECHAT_AUTO_PUBLISH = env.bool("WECHAT_AUTO_PUBLISH", True)
 # Permanent media id used as the cover when a news item has none; unset, the cover shipped in
@@ -222,6 +233,11 @@ WECHAT_TITLE_MAX_CHARS = env.int("WECHAT_TITLE_MAX_CHARS", 32, min_value=1)
 WECHAT_AUTHOR_MAX_CHARS = env.int("WECHAT_AUTHOR_MAX_CHARS", 16, min_value=1)
 WECHAT_DIGEST_MAX_CHARS = env.int("WECHAT_DIGEST_MAX_CHARS", 128, min_value=1)
 WECHAT_CONTENT_MAX_CHARS = env.int("WECHAT_CONTENT_MAX_CHARS", 20000, min_value=1)
+# ...and in UTF-8 bytes, as practitioners report WeChat counting (45003 at 64 bytes of title;
+# about 8 Chinese characters of author, 120 of digest): both limits apply, the stricter wins.
+WECHAT_TITLE_MAX_BYTES = env.int("WECHAT_TITLE_MAX_BYTES", 64, min_value=1)
+WECHAT_AUTHOR_MAX_BYTES = env.int("WECHAT_AUTHOR_MAX_BYTES", 24, min_value=1)
+WECHAT_DIGEST_MAX_BYTES = env.int("WECHAT_DIGEST_MAX_BYTES", 360, min_value=1)
 # Images in an item's content are downloaded and re-uploaded to WeChat: only over http(s), at
 # most this size, only from these hosts (empty: any; ".example.com" takes its subdomains), and
 # never from private, loopback or link-local addresses unless allowed (the tests' fake is on

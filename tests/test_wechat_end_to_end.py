@@ -119,7 +119,7 @@ def test_an_exhausted_daily_quota_waits_for_the_reset_without_spending_retries(s
 
 def test_a_field_wechat_refuses_kills_the_job_at_once_with_its_reason(start_cluster, fake_wechat):
     # Our limit looser than WeChat's (sources disagree on them), so WeChat is the one refusing.
-    start_cluster(queues=["wechat"], env=wechat_env(fake_wechat, WECHAT_TITLE_MAX_CHARS=64))
+    start_cluster(queues=["wechat"], env=wechat_env(fake_wechat, WECHAT_TITLE_MAX_CHARS=64, WECHAT_TITLE_MAX_BYTES=256))
     news = NewsFactory(push_to_wechat=True, title="标题" * 20)
     news_publish(news_id=news.pk)
 
@@ -211,5 +211,6 @@ def test_the_publish_push_reaches_the_callback_url_and_finishes_the_job(start_cl
     print(f"push -> publishing job completed: {time.monotonic() - pushed_at:.2f} s")
     article = article_in(news, ArticleState.PUBLISHED)
     assert article.article_url == fake_wechat.publishes[int(article.publish_id)]["urls"][0]
-    assert fake_wechat.pushes == [{"publish_id": int(article.publish_id), "status": 0, "http_status": 200}]
+    assert [(p["publish_id"], p["status"], p["http_status"], p["answer"]) for p in fake_wechat.pushes] == [
+        (int(article.publish_id), 0, 200, "success")]
     assert fake_wechat.count("freepublish/get") == 0  # no poll was spent

@@ -17,11 +17,12 @@ from news.services import news_publish
 from tests.wechat_fixtures import DEFAULT_THUMB, callback, fake_wechat, publish_event_xml  # noqa: F401  (fixture)
 from wechat.client import WechatOutcomeUnknown, WechatTransientError
 from wechat.models import ArticleState, ImageKind, WechatArticle, WechatImage
-from wechat.scheduling import WECHAT_DRAFT_CREATION, WECHAT_PUBLISHING
+from wechat.scheduling import WECHAT_DRAFT_CREATION, WECHAT_PUBLISHING, WECHAT_PUSH_MATCH
 from wechat.services import (
     DEFAULT_THUMB_PATH,
     next_quota_reset,
     wechat_draft_create,
+    wechat_match_push,
     wechat_publish,
     wechat_resolve_unknown,
     wechat_retry,
@@ -231,6 +232,20 @@ def test_a_title_too_long_for_wechat_fails_before_anything_is_uploaded(published
     assert fake_wechat.calls == []
 
 
+@pytest.mark.parametrize("field, value, setting", [
+    ("title", "标" * 22, "WECHAT_TITLE_MAX_BYTES"),    # 22 characters, 66 bytes
+    ("author", "作" * 9, "WECHAT_AUTHOR_MAX_BYTES"),    # 9 characters, 27 bytes
+    ("digest", "摘" * 121, "WECHAT_DIGEST_MAX_BYTES"),  # 121 characters, 363 bytes
+])
+def test_text_under_the_character_limit_but_over_the_byte_limit_fails_first(published, fake_wechat, field, value,
+                                                                            setting):
+    news = published(**{field: value})
+
+    with pytest.raises(PermanentError, match=f"{field}: .* bytes in UTF-8.*{setting}"):
+        wechat_draft_create(news_id=news.pk)
+    assert fake_wechat.calls == []
+
+
 def test_a_field_wechat_refuses_fails_the_article_with_its_errcode(published, fake_wechat, settings):
     settings.WECHAT_AUTHOR_MAX_CHARS = 64  # our limit looser than WeChat's
     news = published(author="a" * 20)
@@ -382,6 +397,27 @@ def test_polling_backs_off_until_wechat_has_published(published, fake_wechat, se
     assert fake_wechat.count("freepublish/get") == 3
 
 
+@pytest.mark.parametrize("bad_url", ["javascript:alert(1)", "https://evil.example/s/x", "http://mp.weixin.qq.com/s/x"])
+def test_an_article_url_from_polling_or_the_records_is_checked_like_the_pushs(published, fake_wechat, bad_url,
+                                                                             caplog):
+    news = published()
+    article = submitted(fake_wechat, news)
+    pub = fake_wechat.settle(article.publish_id, 0)
+    pub["urls"] = [bad_url]  # freepublish/get answers with it
+
+    assert publish(article) == f"published: {article.publish_id}"
+    article.refresh_from_db()
+    assert article.state == ArticleState.PUBLISHED and article.article_url == ""
+    assert "article_url from freepublish/get not stored" in caplog.text
+
+    other = published()
+    lost = lost_submit(fake_wechat, other)
+    later = fake_wechat.settle(max(fake_wechat.publishes), 0)  # the lost submit's publication
+    fake_wechat.published[later["article_id"]]["news_item"][0]["url"] = bad_url  # freepublish/batchget has it
+    assert publish(lost).startswith("published: found in freepublish/batchget")
+    assert WechatArticle.objects.get(pk=lost.pk).article_url == ""
+
+
 def test_a_publish_wechat_rejects_fails_the_article(published, fake_wechat):
     news = published()
     article = submitted(fake_wechat, news)
@@ -444,32 +480,30 @@ def test_a_submit_whose_answer_was_lost_is_found_in_the_publish_records(publishe
     assert fake_wechat.count("freepublish/submit") == 1 and len(fake_wechat.publishes) == 1
 
 
-def test_a_submit_that_never_reached_wechat_is_sent_again_once_certainly_absent(published, fake_wechat):
-    news = published()
-    article = lost_submit(fake_wechat, news, "close")  # the connection died before WeChat did anything
-
-    with pytest.raises(Snooze, match="submitted as publish"):
-        publish(article)
-
-    article.refresh_from_db()
-    assert article.state == ArticleState.PUBLISHING and article.reconcile_checks == 1
-    assert fake_wechat.count("freepublish/batchget") == 1 and fake_wechat.count("draft/get") == 1
-    assert fake_wechat.count("freepublish/submit") == 2 and len(fake_wechat.publishes) == 1
-
-
-def test_a_lost_submit_still_publishing_is_checked_again_then_left_to_a_person(published, fake_wechat, settings):
+@pytest.mark.parametrize("response", ["close", "drop"])
+def test_an_unknown_submit_is_never_sent_again_and_goes_to_a_person_when_wechat_cannot_prove_anything(
+        published, fake_wechat, settings, response):
+    """"close": the submit never reached WeChat; "drop": WeChat accepted it and is still
+    publishing (the draft stays in the box, batchget lists successes only). We cannot tell the
+    two apart, so neither is submitted again (issue 13, finding 1)."""
     settings.WECHAT_RECONCILE_MAX_CHECKS = 2
     news = published()
-    article = lost_submit(fake_wechat, news)  # accepted; WeChat is still publishing it
-    for _ in range(2):
-        with pytest.raises(Snooze, match="left the draft box but is not in freepublish/batchget"):
+    article = lost_submit(fake_wechat, news, response)
+    for check in (1, 2):
+        with pytest.raises(Snooze, match=f"not in freepublish/batchget yet \\(search {check} of 2\\).*not submitted "
+                                         "again"):
             publish(article)
+        assert WechatArticle.objects.get(pk=article.pk).state == ArticleState.CHECKING
 
-    with pytest.raises(PermanentError, match="after 2 checks"):
+    with pytest.raises(PermanentError, match="after 2 searches"):
         publish(article)
 
     article.refresh_from_db()
     assert article.state == ArticleState.UNKNOWN and "Submitting again could publish twice" in article.last_error
+    assert fake_wechat.count("freepublish/submit") == 1 and fake_wechat.count("freepublish/batchget") == 2
+    assert len(fake_wechat.drafts) == 1 and len(fake_wechat.publishes) == (1 if response == "drop" else 0)
+    with pytest.raises(PermanentError, match="Submitting again could publish twice"):
+        publish(article)  # its job stays dead (the dead-jobs alert) until a person resolves it
     assert fake_wechat.count("freepublish/submit") == 1
 
 
@@ -482,7 +516,8 @@ def test_when_the_publish_records_cannot_be_searched_a_person_decides(published,
         publish(article)
 
     assert WechatArticle.objects.get(news=news).state == ArticleState.UNKNOWN
-    assert publish(article) == "article is unknown; nothing to do"
+    with pytest.raises(PermanentError, match="could not be searched"):
+        publish(article)
     assert wechat_retry(news_id=news.pk) == f"news {news.pk}: not retried, article is unknown"
     assert fake_wechat.count("freepublish/submit") == 1
 
@@ -612,17 +647,67 @@ def test_a_failed_publish_push_fails_the_article(client, published, fake_wechat)
     assert article.state == ArticleState.FAILED and "original-content check failed" in article.last_error
 
 
-def test_a_push_for_an_unknown_publish_wakes_the_articles_checking_a_lost_submit(client, published, fake_wechat):
+def test_a_push_for_an_unknown_publish_id_is_matched_in_a_job_not_in_the_request(client, published, fake_wechat):
     news = published()
     lost_submit(fake_wechat, news)
-    job = Job.objects.get(job_type=WECHAT_PUBLISHING, subject=f"news:{news.pk}")
-    Job.objects.filter(pk=job.pk).update(state=JobState.SCHEDULED, run_at=timezone.now() + timedelta(hours=1))
+    [pub] = fake_wechat.publishes.values()
+    fake_wechat.settle(pub["publish_id"], 0)
+    calls_before = len(fake_wechat.calls)
 
-    callback(client, publish_event_xml(next(iter(fake_wechat.publishes)), 0, "ART_1", "https://mp.weixin.qq.com/s/y"))
+    for _ in range(3):  # WeChat may push it again
+        response = callback(client, publish_event_xml(pub["publish_id"], 0, pub["article_id"], pub["urls"][0]))
+        assert response.content == b"success"
 
-    job.refresh_from_db()
-    assert job.run_at <= timezone.now()
-    assert WechatArticle.objects.get(news=news).state == ArticleState.CHECKING  # the job decides, by the records
+    assert len(fake_wechat.calls) == calls_before  # nothing asked of WeChat inside the request
+    assert WechatArticle.objects.get(news=news).state == ArticleState.CHECKING
+    [job] = Job.objects.filter(job_type=WECHAT_PUSH_MATCH)  # one job, however often it was pushed
+    assert job.payload["publish_id"] == str(pub["publish_id"]) and job.state == JobState.PENDING
+
+    result = wechat_match_push(**{k: v for k, v in job.payload.items()} | {
+        "received_at": timezone.now()})
+
+    article = WechatArticle.objects.get(news=news)
+    assert result == f"publish {pub['publish_id']} is news {news.pk}'s (marker found): published"
+    assert article.state == ArticleState.PUBLISHED and article.publish_id == str(pub["publish_id"])
+    assert article.article_id == pub["article_id"] and article.article_url == pub["urls"][0]
+    assert fake_wechat.count("freepublish/getarticle") == 1 and fake_wechat.count("freepublish/submit") == 1
+    assert publish(article) == "article is published; nothing to do"
+
+
+def test_a_push_whose_content_is_not_ours_settles_nothing(published, fake_wechat):
+    news = published()
+    lost_submit(fake_wechat, news, "close")  # ours never reached WeChat
+    other = fake_wechat.settle(fake_wechat._api_freepublish_submit(  # someone else's publication
+        {"media_id": fake_wechat._api_draft_add({"articles": [{"title": "x", "content": "<p>y</p>",
+                                                                "thumb_media_id": DEFAULT_THUMB}]}, b"")["media_id"]}
+    )["publish_id"], 0)
+
+    result = wechat_match_push(publish_id=str(other["publish_id"]), status=0, article_id=other["article_id"],
+                               urls=other["urls"], fail_idx=[], received_at=timezone.now())
+
+    assert result.endswith("is not one of ours")
+    assert WechatArticle.objects.get(news=news).state == ArticleState.CHECKING
+
+
+def test_a_failure_push_for_an_unknown_publish_id_goes_to_a_person_showing_the_failure(published, fake_wechat,
+                                                                                        caplog):
+    news = published()
+    lost_submit(fake_wechat, news)
+    [pub] = fake_wechat.publishes.values()
+    fake_wechat.settle(pub["publish_id"], 3)  # no article_id in a failure
+
+    result = wechat_match_push(publish_id=str(pub["publish_id"]), status=3, article_id="", urls=[], fail_idx=[1],
+                               received_at=timezone.now())
+
+    article = WechatArticle.objects.get(news=news)
+    assert "left to a person" in result
+    assert article.state == ArticleState.UNKNOWN and article.publish_status == 3 and article.publish_id == ""
+    assert "publishing failed (publish_status 3)" in article.last_error
+    assert "probably this article" in article.last_error
+    assert any(r.getMessage().startswith(f"ALERT wechat_unknown:news:{news.pk}") for r in caplog.records)
+    with pytest.raises(PermanentError, match="publishing failed"):
+        publish(article)  # its job goes dead: the dead-jobs alert
+    assert fake_wechat.count("freepublish/submit") == 1 and len(fake_wechat.drafts) == 1
 
 
 def test_the_callback_acknowledges_other_messages_and_refuses_entities(client, fake_wechat):

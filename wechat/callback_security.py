@@ -81,27 +81,43 @@ def verify_query(query, token: str, *, now: float | None = None) -> tuple[str, s
 
 
 @contextlib.contextmanager
-def nonce_once(timestamp: str, nonce: str):
-    """Accept this (timestamp, nonce) once. If the with-block fails for a reason of ours
-    (the database is down), the nonce is released so that WeChat's retry of the same push
-    works; a refused body keeps it used, so the URL cannot be tried again with another body."""
+def nonce_once(timestamp: str, nonce: str, body: bytes = b""):
+    """Accept this (timestamp, nonce) once. Yields True the first time; False when the same
+    signed URL comes again with the same body and that one was handled (WeChat retries a
+    push it got no answer for within 5 s: the repeat is answered "success" and changes
+    nothing). The same URL with another body is a replay: 403. While the first copy is still
+    being handled, a repeat gets 503 (WeChat tries again). If the with-block fails for a
+    reason of ours (the database is down), the nonce is released so that WeChat's retry of
+    the same push works; a refused body keeps it used, so the URL cannot be tried again
+    with another body."""
     key = NONCE_KEY.format(timestamp=timestamp, nonce=nonce)
+    digest = hashlib.sha256(body).hexdigest()
     # Remember it for as long as the timestamp could still pass the window, plus clock slack.
     ttl = 2 * settings.WECHAT_CALLBACK_WINDOW + 60
     try:
-        fresh = get_redis().set(key, "1", nx=True, ex=ttl)
+        fresh = get_redis().set(key, f"busy:{digest}", nx=True, ex=ttl)
+        seen = None if fresh else get_redis().get(key)
     except redis.RedisError as exc:
         raise CallbackRefused(503, f"cannot check the nonce (Redis: {type(exc).__name__}); retry later") from None
     if not fresh:
+        if seen == f"done:{digest}".encode():
+            yield False
+            return
+        if seen == f"busy:{digest}".encode():
+            raise CallbackRefused(503, "the same push is being handled; retry later")
         raise CallbackRefused(403, "nonce already used: a signed URL is accepted once")
     try:
-        yield
+        yield True
     except CallbackRefused:
+        with contextlib.suppress(redis.RedisError):
+            get_redis().set(key, "refused", xx=True, keepttl=True)
         raise
     except BaseException:
         with contextlib.suppress(redis.RedisError):
             get_redis().delete(key)
         raise
+    with contextlib.suppress(redis.RedisError):
+        get_redis().set(key, f"done:{digest}", xx=True, keepttl=True)
 
 
 def read_body(request) -> bytes:
@@ -198,3 +214,75 @@ def publish_event(root: Element) -> PublishEvent | None:
     return PublishEvent(publish_id=publish_id, status=int(raw_status),
                         article_id=_token(_text(info, "article_id"), "article_id", required=False),
                         urls=urls, fail_idx=fail_idx)
+
+
+# ---------------------------------------------------------------- compatible and safe modes
+
+
+def _crypto(token: str):
+    from wechat.crypto import CryptoError, WechatCrypto
+
+    key = settings.WECHAT_ENCODING_AES_KEY
+    if not key:
+        raise CallbackRefused(400, "encrypted message, but WECHAT_ENCODING_AES_KEY is not set: set it to the "
+                                   "account console's EncodingAESKey")
+    try:
+        return WechatCrypto(token=token, encoding_aes_key=key, app_id=settings.WECHAT_APP_ID)
+    except CryptoError as exc:
+        raise CallbackRefused(503, f"server misconfigured: {exc}") from None
+
+
+def _decrypt(query, token: str, timestamp: str, nonce: str, encrypt: str) -> bytes:
+    """msg_signature over the ciphertext, then AES. Everything refused is a CallbackRefused."""
+    from wechat.crypto import CryptoError
+
+    signature = query.get("msg_signature", "")
+    if not _SIGNATURE.fullmatch(signature):
+        raise CallbackRefused(403, "bad msg_signature: 40 hex digits required with encrypt_type=aes")
+    crypto = _crypto(token)
+    try:
+        crypto.check_signature(signature, timestamp, nonce, encrypt)
+    except CryptoError as exc:
+        raise CallbackRefused(403, str(exc)) from None
+    try:
+        return crypto.decrypt(encrypt)
+    except CryptoError as exc:
+        raise CallbackRefused(400, f"cannot decrypt: {exc}") from None
+
+
+def is_encrypted(query) -> bool:
+    return query.get("encrypt_type", "") == "aes" or "msg_signature" in query
+
+
+def open_message(root: Element, query, token: str, timestamp: str, nonce: str) -> tuple[Element, str]:
+    """The message to believe, and the mode it came in: "plaintext" (the body as it is),
+    "compatible" (plaintext fields plus <Encrypt>) or "safe" (only <Encrypt>). In the two
+    encrypted modes only the decrypted message is believed: the plaintext copy is not signed."""
+    encrypt = root.findtext("Encrypt")
+    if encrypt is None and not is_encrypted(query):
+        if settings.WECHAT_ENCODING_AES_KEY and not settings.WECHAT_CALLBACK_ALLOW_PLAINTEXT:
+            raise CallbackRefused(403, "plaintext message refused: WECHAT_ENCODING_AES_KEY is set and "
+                                       "WECHAT_CALLBACK_ALLOW_PLAINTEXT is off")
+        return root, "plaintext"
+    if encrypt is None:
+        raise CallbackRefused(400, "encrypt_type=aes but the body has no Encrypt element")
+    inner = parse_xml(_decrypt(query, token, timestamp, nonce, encrypt.strip()))
+    mode = "safe" if root.find("MsgType") is None else "compatible"
+    return inner, mode
+
+
+def echo(query, token: str, timestamp: str, nonce: str) -> str:
+    """The server check (GET): echostr as it came (plaintext) or decrypted (safe mode)."""
+    echostr = query.get("echostr", "")
+    if is_encrypted(query):
+        plain = _decrypt(query, token, timestamp, nonce, echostr)
+        try:
+            echostr = plain.decode("ascii")
+        except UnicodeDecodeError:
+            raise CallbackRefused(400, "decrypted echostr is not ASCII") from None
+        if not (0 < len(echostr) <= 128 and echostr.isprintable()):
+            raise CallbackRefused(400, "decrypted echostr must be 1-128 printable characters")
+        return echostr
+    if not (0 < len(echostr) <= 128 and echostr.isascii() and echostr.isalnum()):
+        raise CallbackRefused(400, "echostr must be 1-128 letters or digits")
+    return echostr

@@ -280,6 +280,11 @@ class WechatClient:
     def get_publish_status(self, publish_id: str) -> dict:
         return self._call("freepublish/get", json_body={"publish_id": publish_id})
 
+    def get_article(self, article_id: str) -> list[dict]:
+        """A published article's items: [{title, author, digest, content, thumb_media_id, url,
+        is_deleted, ...}]. Raises WechatPermanentError (53600) for an article_id WeChat does not know."""
+        return self._call("freepublish/getarticle", json_body={"article_id": article_id}).get("news_item") or []
+
     def list_published(self, *, offset: int = 0, count: int = PAGE_SIZE, no_content: bool = False) -> dict:
         """One page of the published articles, newest first: {total_count, item_count, item:
         [{article_id, content: {news_item: [{..., url}]}, update_time}]}."""

@@ -1,8 +1,12 @@
 """The account's callback URL: WeChat's server check (GET) and pushed events (POST).
 Only PUBLISHJOBFINISH matters here; every other message is acknowledged and ignored.
-Plaintext or "compatible" message mode: the encrypted-only mode is not supported.
-What a request must pass (signature, timestamp window, one use per nonce, body limits,
-field checks) is in wechat/callback_security.py; a refusal is a 4xx naming the problem."""
+All three message modes of the console work: plaintext, compatible and safe (the last two
+need WECHAT_ENCODING_AES_KEY). What a request must pass (signature, timestamp window, one
+use per nonce, body limits, msg_signature and decryption, field checks) is in
+wechat/callback_security.py; a refusal is a 4xx naming the problem and a warning log line.
+The view only writes to the database: it never calls WeChat (a push for a publish_id we do
+not know is matched to its article by a job, wechat:push_match).
+"""
 
 from __future__ import annotations
 
@@ -32,16 +36,21 @@ def wechat_callback(request):
     try:
         timestamp, nonce = security.verify_query(request.GET, token)
         if request.method == "GET":
-            echostr = request.GET.get("echostr", "")
-            if not (0 < len(echostr) <= 128 and echostr.isascii() and echostr.isalnum()):
-                raise security.CallbackRefused(400, "echostr must be 1-128 letters or digits")
+            echostr = security.echo(request.GET, token, timestamp, nonce)
             with security.nonce_once(timestamp, nonce):
                 return _text(echostr)
-        with security.nonce_once(timestamp, nonce):
-            event = security.publish_event(security.parse_xml(security.read_body(request)))
+        body = security.read_body(request)
+        with security.nonce_once(timestamp, nonce, body) as fresh:
+            if not fresh:
+                logger.info("wechat callback: repeated push (nonce %s) answered again, nothing changed", nonce)
+                return _text("success")
+            message, mode = security.open_message(security.parse_xml(body), request.GET, token, timestamp, nonce)
+            event = security.publish_event(message)
             if event is not None:
-                wechat_publish_event(publish_id=event.publish_id, status=event.status, article_id=event.article_id,
-                                     urls=event.urls, fail_idx=event.fail_idx)
+                state = wechat_publish_event(publish_id=event.publish_id, status=event.status,
+                                             article_id=event.article_id, urls=event.urls, fail_idx=event.fail_idx)
+                logger.info("wechat callback: PUBLISHJOBFINISH publish %s status %s (%s mode) -> %s",
+                            event.publish_id, event.status, mode, state or "matching in a job")
     except security.CallbackRefused as refused:
         logger.warning("wechat callback refused (%s) from %s: %s", refused.status,
                        request.META.get("REMOTE_ADDR"), refused.message)

@@ -1,5 +1,6 @@
 """Settling a publication: from the PUBLISHJOBFINISH push (wechat/views.py) or from polling.
-A repeated report of the same outcome changes nothing."""
+A repeated report of the same outcome changes nothing. Nothing here calls WeChat: the view
+runs it inside the request (WeChat waits 5 s for the answer)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import logging
 
 from django.utils import timezone
 
+from wechat.callback_security import CallbackRefused, check_article_url
 from wechat.models import ArticleState, WechatArticle
-from wechat.scheduling import schedule_wechat_publishing
+from wechat.scheduling import schedule_wechat_publishing, schedule_wechat_push_match
 
 logger = logging.getLogger("wechat.services")
 
@@ -16,43 +18,57 @@ PUBLISH_STATUS = {0: "published", 1: "publishing", 2: "original-content check fa
                   4: "platform audit failed", 5: "deleted after publishing", 6: "banned after publishing"}
 
 
+def safe_article_url(url: str, *, source: str) -> str:
+    """The article URL if it is https on one of WeChat's article hosts (WECHAT_ARTICLE_HOSTS),
+    else "" with a warning: it is shown to editors and readers, whoever sent it."""
+    if not url:
+        return ""
+    try:
+        return check_article_url(url)
+    except CallbackRefused as refused:
+        logger.warning("wechat: article_url from %s not stored: %s", source, refused.message)
+        return ""
+
+
+def failure_message(publish_id: str, status: int, fail_idx) -> str:
+    meaning = PUBLISH_STATUS.get(status, f"unknown publish_status {status}")
+    failed = f"; failed articles (idx from 1): {list(fail_idx)}" if fail_idx else ""
+    return f"publish {publish_id}: {meaning} (publish_status {status}){failed}"
+
+
 def apply_publish_result(publish_id: str, *, status: int, article_id: str, urls: list[str],
-                          fail_idx: list) -> bool:
+                          fail_idx: list, source: str = "freepublish/get") -> bool:
     """Record a settled publish (from polling or the push). True if this changed the article;
     a second report of the same outcome, or one while still publishing, changes nothing."""
     if status == 1:
         return False
-    meaning = PUBLISH_STATUS.get(status, f"unknown publish_status {status}")
     if status == 0:
+        url = safe_article_url((urls or [""])[0], source=source)
         return bool(WechatArticle.objects.filter(publish_id=publish_id, state=ArticleState.PUBLISHING).update(
-            state=ArticleState.PUBLISHED, article_id=article_id, article_url=(urls or [""])[0][:1024],
+            state=ArticleState.PUBLISHED, article_id=article_id, article_url=url[:1024],
             publish_status=0, published_at=timezone.now(), last_error=""))
-    failed = f"; failed articles (idx from 1): {fail_idx}" if fail_idx else ""
-    message = f"publish {publish_id}: {meaning} (publish_status {status}){failed}"
     # 5 and 6 arrive after success: the article was there and is no more.
     return bool(WechatArticle.objects.filter(
         publish_id=publish_id, state__in=[ArticleState.PUBLISHING, ArticleState.PUBLISHED]
-    ).exclude(publish_status=status).update(state=ArticleState.FAILED, publish_status=status, last_error=message))
+    ).exclude(publish_status=status).update(state=ArticleState.FAILED, publish_status=status,
+                                            last_error=failure_message(publish_id, status, fail_idx)))
 
 
 def wechat_publish_event(*, publish_id: str, status: int, article_id: str = "", urls: list[str] = (),
                          fail_idx: list = ()) -> str | None:
     """A PUBLISHJOBFINISH push. Settles the article and wakes its waiting job, which then
     finds nothing left to do, so the ledger shows the outcome now rather than at the next poll.
+    A publish_id no article has is the publication of a submit whose answer was lost (or not
+    ours at all): a wechat:push_match job identifies it by its content, outside the request.
     Returns the article's state, None if the publish is not one we know."""
     article = WechatArticle.objects.filter(publish_id=publish_id).first()
     if article is None:
-        # Perhaps the publication of a submit whose answer was lost: let those articles'
-        # jobs search the publish records now rather than at their next check.
-        checking = list(WechatArticle.objects.filter(state=ArticleState.CHECKING)
-                        .values_list("news_id", "draft_media_id")[:20])
-        for news_id, draft_id in checking:
-            schedule_wechat_publishing(news_id, draft_id)
-        logger.info("wechat event: publish %s is not one we know; woke %s article(s) checking an unanswered submit",
-                    publish_id, len(checking))
+        schedule_wechat_push_match(publish_id=publish_id, status=status, received_at=timezone.now(),
+                                   article_id=article_id, urls=list(urls), fail_idx=list(fail_idx))
+        logger.info("wechat event: publish %s is not one we know; matching it to an article in a job", publish_id)
         return None
     changed = apply_publish_result(publish_id, status=status, article_id=article_id, urls=list(urls),
-                                    fail_idx=list(fail_idx))
+                                    fail_idx=list(fail_idx), source="the push")
     if changed:
         # Moves the live job (waiting for its next poll) to now; there is no live job only
         # if polling gave up, and then the new one just records that all is done.
@@ -60,4 +76,3 @@ def wechat_publish_event(*, publish_id: str, status: int, article_id: str = "", 
     article.refresh_from_db(fields=["state"])
     logger.info("wechat event: publish %s of news %s -> %s", publish_id, article.news_id, article.state)
     return article.state
-

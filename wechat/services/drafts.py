@@ -149,15 +149,20 @@ def _find_draft(client: WechatClient, article: WechatArticle) -> str | None:
 
 
 def _check_fields(news: News) -> None:
-    limits = [("title", news.title, settings.WECHAT_TITLE_MAX_CHARS),
-              ("author", news.author, settings.WECHAT_AUTHOR_MAX_CHARS),
-              ("digest", news.digest, settings.WECHAT_DIGEST_MAX_CHARS)]
+    """Characters and UTF-8 bytes: the docs count characters, practitioners hit errors at byte
+    counts, so both limits apply (the fake enforces the same, devtools/wechat_fake.py LIMITS)."""
+    limits = [("title", news.title, settings.WECHAT_TITLE_MAX_CHARS, settings.WECHAT_TITLE_MAX_BYTES),
+              ("author", news.author, settings.WECHAT_AUTHOR_MAX_CHARS, settings.WECHAT_AUTHOR_MAX_BYTES),
+              ("digest", news.digest, settings.WECHAT_DIGEST_MAX_CHARS, settings.WECHAT_DIGEST_MAX_BYTES)]
     if not news.title.strip():
         raise WechatPermanentError("title: is empty; WeChat requires one")
-    for name, value, limit in limits:
-        if len(value) > limit:
-            raise WechatPermanentError(f"{name}: {len(value)} characters; WeChat takes at most {limit} "
+    for name, value, chars, size in limits:
+        if len(value) > chars:
+            raise WechatPermanentError(f"{name}: {len(value)} characters; WeChat takes at most {chars} "
                                        f"(WECHAT_{name.upper()}_MAX_CHARS)")
+        if len(value.encode()) > size:
+            raise WechatPermanentError(f"{name}: {len(value.encode())} bytes in UTF-8; WeChat takes at most {size} "
+                                       f"(WECHAT_{name.upper()}_MAX_BYTES)")
 
 
 def _check_content(content: str) -> None:

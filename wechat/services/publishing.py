@@ -1,7 +1,15 @@
 """`wechat:publishing`: submit the draft at most once, then follow it. The push settles it
 at once (wechat/services/callback.py); polling freepublish/get, sparingly, is the fallback.
-A submit that got no answer is looked for in the publish records (freepublish/batchget)
-and submitted again only when it is certainly not there."""
+
+The exactly-once rule: a submit whose outcome is unknown (no answer, or its worker died
+during the call) is never followed by another submit of the article by the program. WeChat
+cannot prove that such a submit did nothing: publishing stays at publish_status 1 for
+seconds to hours, the draft stays in the draft box meanwhile, and freepublish/batchget lists
+only successes. So the article waits (CHECKING, the job snoozed with its reason shown) for
+what does prove something: its publication in freepublish/batchget (found by our marker), or
+the PUBLISHJOBFINISH push, matched to it by its content (wechat/services/matching.py). After
+WECHAT_RECONCILE_MAX_CHECKS searches it goes to a person (UNKNOWN, dead job, alert), who
+looks at the account and decides in the admin."""
 
 from __future__ import annotations
 
@@ -15,8 +23,9 @@ from django.utils import timezone
 from jobs.errors import PermanentError, Snooze
 from wechat.client import WechatClient, WechatError, WechatOutcomeUnknown, WechatPermanentError, WechatQuotaExhausted
 from wechat.models import ArticleState, WechatArticle
-from wechat.services.callback import apply_publish_result
+from wechat.services.callback import apply_publish_result, safe_article_url
 from wechat.services.errors import as_job_errors, note
+from wechat.services.matching import alert_person
 from wechat.services.quota import next_quota_reset, spend_daily_budget
 from wechat.services.records import CLOCK_SLACK, is_ours, pages
 
@@ -43,6 +52,9 @@ def wechat_publish(*, news_id: int, draft_id: str) -> str:
         return _reconcile(article)
     if article.state == ArticleState.PUBLISHING:
         return _poll(article)
+    if article.state == ArticleState.UNKNOWN:
+        # Dead, so that the dead-jobs alert stays up until a person resolves the article.
+        raise PermanentError(article.last_error or "submit outcome unknown: a person must check WeChat")
     return f"article is {article.state}; nothing to do"
 
 
@@ -59,8 +71,8 @@ def _submit(article: WechatArticle, *, claim_from: str) -> str:
         except WechatOutcomeUnknown as exc:
             _begin_check(article, str(exc))
             raise Snooze(_first_check_at(article), f"freepublish/submit got no answer ({exc}); looking for the "
-                                              "publication in freepublish/batchget before submitting again"
-                         ) from None
+                                              "publication in freepublish/batchget and waiting for WeChat's push; "
+                                              "never submitted again while it may be publishing") from None
         except WechatError:
             # WeChat answered with an error: the draft was not accepted; back to submittable.
             WechatArticle.objects.filter(pk=article.pk, state=ArticleState.SUBMITTING).update(state=claim_from)
@@ -76,7 +88,8 @@ def _submit(article: WechatArticle, *, claim_from: str) -> str:
 
 
 def _begin_check(article: WechatArticle, why: str) -> None:
-    message = f"freepublish/submit outcome unknown ({why}); checking freepublish/batchget before submitting again"
+    message = (f"freepublish/submit outcome unknown ({why}); looking for it in freepublish/batchget and waiting "
+               "for WeChat's push; never submitted again while it may be publishing")
     WechatArticle.objects.filter(pk=article.pk, state=ArticleState.SUBMITTING).update(
         state=ArticleState.CHECKING, last_error=message[:2000])
     article.refresh_from_db(fields=["state", "submitted_at", "last_error"])
@@ -96,40 +109,40 @@ def _next_check_at(article: WechatArticle) -> datetime:
 
 
 def _reconcile(article: WechatArticle) -> str:
-    """After a submit with no answer: adopt the publication if WeChat made it; submit again
-    only if it certainly did not (not in the records, and the draft still in the draft box)."""
+    """After a submit with no answer: adopt the publication once WeChat shows it; never submit
+    again. Bounded: WECHAT_RECONCILE_MAX_CHECKS searches, then a person decides."""
     due = _first_check_at(article)
     if timezone.now() < due:
-        raise Snooze(due, "waiting before looking for the unanswered submit in freepublish/batchget")
+        raise Snooze(due, "freepublish/submit outcome unknown: waiting before looking in freepublish/batchget "
+                          "(never submitted again while an earlier submit may still be publishing)")
     if article.reconcile_checks >= settings.WECHAT_RECONCILE_MAX_CHECKS:
-        _needs_person(article, f"not found in freepublish/batchget after {article.reconcile_checks} checks while "
-                               "WeChat no longer holds the draft (WECHAT_RECONCILE_MAX_CHECKS)")
+        _needs_person(article, f"not found in freepublish/batchget after {article.reconcile_checks} searches "
+                               "(WECHAT_RECONCILE_MAX_CHECKS), and no PUBLISHJOBFINISH push matched it; WeChat "
+                               "may still be publishing it, or the submit may never have reached WeChat")
     WechatArticle.objects.filter(pk=article.pk).update(reconcile_checks=F("reconcile_checks") + 1)
     article.reconcile_checks += 1
     client = WechatClient.from_settings()
     try:
         with as_job_errors(article, permanent=False):
             found = _find_publication(client, article)
-            if found is None:
-                draft_there = _draft_exists(client, article.draft_media_id)
     except (WechatQuotaExhausted, WechatPermanentError) as exc:
         _needs_person(article, f"the publish records could not be searched: {exc}")
     if found is not None:
         article_id, url = found
         WechatArticle.objects.filter(pk=article.pk, state=ArticleState.CHECKING).update(
-            state=ArticleState.PUBLISHED, article_id=article_id, article_url=url[:1024], publish_status=0,
+            state=ArticleState.PUBLISHED, article_id=article_id,
+            article_url=safe_article_url(url, source="freepublish/batchget")[:1024], publish_status=0,
             published_at=timezone.now(), last_error="")
         logger.info("wechat publish: news %s: the unanswered submit was accepted; published as %s", article.news_id,
                     article_id)
         return f"published: found in freepublish/batchget as article {article_id}"
-    if draft_there:
-        logger.warning("wechat publish: news %s: the unanswered submit did not publish; submitting draft %s again",
-                       article.news_id, article.draft_media_id)
-        return _submit(article, claim_from=ArticleState.CHECKING)
-    # WeChat took the draft out of the box: the submit was accepted and is still publishing
-    # (or failed, or a person removed the draft). Look again later.
-    raise Snooze(_next_check_at(article), f"draft {article.draft_media_id} left the draft box but is not in "
-                                      f"freepublish/batchget yet (check {article.reconcile_checks})")
+    # Not there is no proof of anything: WeChat may still be checking it (publish_status 1
+    # for up to hours, the draft still in the box). Look again later; the push may come first.
+    reason = (f"freepublish/submit outcome unknown: not in freepublish/batchget yet (search "
+              f"{article.reconcile_checks} of {settings.WECHAT_RECONCILE_MAX_CHECKS}); WeChat may still be "
+              "publishing it, so it is not submitted again; waiting for the push or the records, then a person")
+    note(article, reason)
+    raise Snooze(_next_check_at(article), reason)
 
 
 def _find_publication(client: WechatClient, article: WechatArticle) -> tuple[str, str] | None:
@@ -141,23 +154,16 @@ def _find_publication(client: WechatClient, article: WechatArticle) -> tuple[str
     return None
 
 
-def _draft_exists(client: WechatClient, media_id: str) -> bool:
-    try:
-        client.get_draft(media_id)
-    except WechatPermanentError as exc:
-        if exc.errcode == 40007:  # invalid media_id: no such draft in the box
-            return False
-        raise
-    return True
-
-
 def _needs_person(article: WechatArticle, why: str):
     message = (f"freepublish/submit outcome unknown: {why}. Submitting again could publish twice: check the "
                "account's publish records, then in the admin use 'it was published', 'it was not published' "
                "or 'check WeChat again'")
-    WechatArticle.objects.filter(pk=article.pk, state__in=[ArticleState.CHECKING, ArticleState.SUBMITTING]).update(
+    moved = WechatArticle.objects.filter(
+        pk=article.pk, state__in=[ArticleState.CHECKING, ArticleState.SUBMITTING]).update(
         state=ArticleState.UNKNOWN, last_error=message[:2000])
     logger.error("wechat publish: news %s: %s", article.news_id, message)
+    if moved:
+        alert_person(article, message)
     raise PermanentError(message)
 
 

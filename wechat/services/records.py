@@ -38,3 +38,14 @@ def is_ours(item: dict, article: WechatArticle, *, since: datetime) -> bool:
         n.get("title") == article.news.title and n.get("thumb_media_id") == article.thumb_media_id
         for n in news_items)
 
+
+
+def carries_marker(news_items: list[dict], article: WechatArticle) -> bool:
+    """A published article's items (freepublish/getarticle) are this article's: the marker is in
+    the content; or, should WeChat have dropped the comment, title and cover are this article's
+    (asked only of articles whose submit answer was lost, so a match is one of those)."""
+    if any(article.draft_marker and article.draft_marker in (n.get("content") or "") for n in news_items):
+        return True
+    return bool(article.thumb_media_id) and any(
+        n.get("title") == article.news.title and n.get("thumb_media_id") == article.thumb_media_id
+        for n in news_items)

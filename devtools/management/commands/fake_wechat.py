@@ -1,4 +1,4 @@
-"""Run the fake WeChat Official Account API (wechat/fake.py) until Ctrl-C.
+"""Run the fake WeChat Official Account API (devtools/wechat_fake.py) until Ctrl-C.
 
     python manage.py fake_wechat --port 8765 --app-id wxdemo0000000000 --app-secret demo-secret
     # then, for the workers and the web process:
@@ -37,25 +37,35 @@ class Command(BaseCommand):
         parser.add_argument("--token", default="",
                             help="the callback token to sign pushes with (the app's WECHAT_TOKEN)")
         parser.add_argument("--token-ttl", type=int, default=7200, help="access token life in seconds (default 7200)")
+        parser.add_argument("--callback-mode", default="plaintext", choices=["plaintext", "compatible", "safe"],
+                            help="message mode of the pushes, as set in the account console (default plaintext)")
+        parser.add_argument("--encoding-aes-key", default="",
+                            help="EncodingAESKey for compatible and safe mode (the app's WECHAT_ENCODING_AES_KEY)")
+        parser.add_argument("--push-timeout", type=float, default=5.0,
+                            help="seconds a push waits for the answer before it is retried, 3 times (default 5)")
 
     def handle(self, *args, host, port, app_id, app_secret, publish_polls, publish_seconds, publish_status,
-               callback_url, token, token_ttl, **options):
+               callback_url, token, token_ttl, callback_mode, encoding_aes_key, push_timeout, **options):
         if callback_url and not token:
             raise CommandError("--callback-url needs --token (the WECHAT_TOKEN the callback checks signatures with)")
+        if callback_mode != "plaintext" and len(encoding_aes_key) != 43:
+            raise CommandError(f"--callback-mode {callback_mode} needs --encoding-aes-key (43 characters)")
         logging.getLogger("devtools.wechat_fake").setLevel(logging.INFO)
         try:
             fake = FakeWechat(app_id=app_id, app_secret=app_secret, host=host, port=port,
                               publish_polls=publish_polls or None,
                               publish_seconds=publish_seconds if publish_seconds >= 0 else None,
                               publish_status=publish_status, callback_url=callback_url, callback_token=token,
-                              token_ttl=token_ttl, log_calls=True)
+                              token_ttl=token_ttl, callback_mode=callback_mode, encoding_aes_key=encoding_aes_key,
+                              log_calls=True)
+            fake.push_timeout = push_timeout
         except OSError as exc:
             raise CommandError(f"cannot listen on {host}:{port}: {exc}") from None
         settles = " or ".join(filter(None, [publish_polls and f"at freepublish/get #{publish_polls}",
                                             publish_seconds >= 0 and f"{publish_seconds:g} s after submit"]))
         self.stdout.write(
             f"fake WeChat API on {fake.base_url} (app id {app_id}); publications settle {settles or 'never'}"
-            + (f", pushed to {callback_url}" if callback_url else "") + "\n"
+            + (f", pushed to {callback_url} ({callback_mode} mode)" if callback_url else "") + "\n"
             f"point the app at it: WECHAT_API_BASE_URL={fake.base_url} WECHAT_APP_ID={app_id} "
             "WECHAT_APP_SECRET=<--app-secret>" + (" WECHAT_TOKEN=<--token>" if callback_url else ""))
         self.stdout.flush()
