@@ -129,7 +129,8 @@ def test_a_task_declared_twice_or_a_name_taken_twice_is_refused():
                                             r"as 'test:report_b' and as 'test:report_b2'"):
         job_type("test:report_b2", timeout=10)(task()(report_b))
     with pytest.raises(RegistryError, match=r"job type 'test:report_b' is declared twice: by "
-                                            r"tests.test_tasks_declared.report_b and by tests.test_tasks_declared.report_c"):
+                                            r"tests.test_tasks_declared.report_b and by "
+                                            r"tests.test_tasks_declared.report_c"):
         job_type("test:report_b", timeout=10)(task()(report_c))
 
 

@@ -102,7 +102,8 @@ def job_complete(job: Job, *, result: str = "") -> bool:
         "UPDATE {table} SET state=%s, finished_at=%s, lease_expires_at=NULL, live_key=NULL, waiting_reason='', "
         "result=%s "
         "WHERE id=%s AND state=%s AND attempts=%s",
-        [JobState.COMPLETED.value, _dt(now), (result or "")[:MAX_RESULT_CHARS], job.pk, JobState.ACTIVE.value, job.attempts])
+        [JobState.COMPLETED.value, _dt(now), (result or "")[:MAX_RESULT_CHARS], job.pk, JobState.ACTIVE.value,
+         job.attempts])
     if done:
         log_job_event("completed", job, duration_ms=_ms(job.started_at, now))
     else:
