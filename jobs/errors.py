@@ -28,6 +28,10 @@ class UnknownJobType(PermanentError, ValueError):
     pass
 
 
+class WorkerLost(JobError):
+    """Recorded (never raised) for an attempt whose worker died: its lease ran out."""
+
+
 class Snooze(JobError):
     """Wait until `until` and run again without spending a retry (e.g. a daily quota)."""
 

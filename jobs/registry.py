@@ -49,8 +49,15 @@ class JobType:
     handler: Callable[[Any, Any], Any]
     subject: str = ""  # format string over the payload's fields, e.g. "news:{news_id}"
     description: str = ""
+    # A type declared over a @task function (Tasks API): its dotted path, the unique key
+    # template over its arguments, and how its subject is read from a payload.
+    task_path: str = ""
+    unique_key: str = ""
+    subject_from: Callable[[dict[str, Any]], str] | None = None
 
     def subject_of(self, data: dict[str, Any]) -> str:
+        if self.subject_from is not None:
+            return self.subject_from(data)[:64]
         if not self.subject:
             return ""
         try:
@@ -72,6 +79,7 @@ class Periodic:
 _types: dict[str, JobType] = {}
 _periodic: dict[str, Periodic] = {}
 _schedulable: dict[str, Periodic] = {}  # by dotted path
+_task_types: dict[str, str] = {}  # a declared @task's dotted path -> its job type name
 
 
 def _check_policy(name: str, *, queue: str, timeout: int, max_retries: int, payload) -> None:
@@ -89,13 +97,16 @@ def _check_policy(name: str, *, queue: str, timeout: int, max_retries: int, payl
 
 
 def register(name: str, *, queue: str, timeout: int, max_retries: int = 3, payload: type[Payload],
-             handler: Callable[[Any, Any], Any], subject: str = "", description: str = "") -> JobType:
-    """Declare a job type. Every policy is a keyword: nothing depends on position."""
+             handler: Callable[[Any, Any], Any], subject: str = "", description: str = "",
+             subject_from: Callable[[dict[str, Any]], str] | None = None) -> JobType:
+    """Declare a job type. Every policy is a keyword: nothing depends on position.
+    `subject_from(payload_json)`, if given, computes the subject instead of the template."""
     _check_policy(name, queue=queue, timeout=timeout, max_retries=max_retries, payload=payload)
     if not callable(handler):
         raise RegistryError(f"job type {name!r}: handler must be callable, got {handler!r}")
     jt = JobType(name=name, queue=queue, timeout=timeout, max_retries=max_retries, payload=payload,
-                 handler=handler, subject=subject, description=description or (handler.__doc__ or "").strip())
+                 handler=handler, subject=subject, description=description or (handler.__doc__ or "").strip(),
+                 subject_from=subject_from)
     existing = _types.get(name)
     if existing is not None and existing.handler is not handler:
         raise RegistryError(f"job type {name!r} is declared twice: by {_where(existing.handler)} "
@@ -104,14 +115,118 @@ def register(name: str, *, queue: str, timeout: int, max_retries: int = 3, paylo
     return jt
 
 
-def job_type(name: str, *, queue: str, timeout: int, max_retries: int = 3, payload: type[Payload],
-             subject: str = "", description: str = ""):
-    """Decorator form of register(): the function is the handler, `handler(payload, job)`."""
-    def declare(handler):
+def job_type(name: str, *, queue: str | None = None, timeout: int, max_retries: int = 3,
+             payload: type[Payload] | None = None, subject: str = "", description: str = "",
+             unique_key: str = ""):
+    """Decorator form of register(): the function is the handler, `handler(payload, job)`.
+
+    Over a Tasks API `@task` it declares the task as a job type of its own with our policy
+    (see register_task): `@job_type("reports:build", timeout=120, unique_key="{report_id}")`
+    above `@task(queue_name="default")`. The task is returned unchanged."""
+    def declare(target):
+        from jobs.tasks_compat import Task
+
+        if isinstance(target, Task):
+            register_task(name, target, queue=queue, timeout=timeout, max_retries=max_retries,
+                          payload=payload, unique_key=unique_key, subject=subject, description=description)
+            return target
+        if unique_key:
+            raise RegistryError(f"job type {name!r}: unique_key= is for @task declarations; a handler's "
+                                "scheduling function passes unique_key= to enqueue()")
+        if payload is None:
+            raise RegistryError(f"job type {name!r}: payload= is required for a handler(payload, job); "
+                                "to declare a @task, put @job_type above @task")
         register(name, queue=queue, timeout=timeout, max_retries=max_retries, payload=payload,
-                 handler=handler, subject=subject, description=description)
-        return handler
+                 handler=target, subject=subject, description=description)
+        return target
     return declare
+
+
+def register_task(name: str, task, *, queue: str | None = None, timeout: int, max_retries: int = 3,
+                  payload=None, unique_key: str = "", subject: str = "", description: str = "") -> JobType:
+    """Declare a Tasks API @task as a job type with our policy. Its arguments are the payload
+    (JSON, checked at enqueue), its queue is the task's queue_name, and `unique_key` /
+    `subject` are templates over its arguments by name ("{report_id}"). The unique key is
+    prefixed with the type's name, so two types never share keys."""
+    from jobs.tasks_backend import TaskRunPayload, run_task_job
+
+    where = f"job type {name!r}"
+    if payload is not None:
+        raise RegistryError(f"{where}: payload= is not used with a @task: its arguments are the payload")
+    if queue is not None and queue != task.queue_name:
+        raise RegistryError(f"{where}: the queue comes from @task(queue_name=...), which is "
+                            f"{task.queue_name!r}; do not give queue={queue!r} as well")
+    _check_policy(name, queue=task.queue_name, timeout=timeout, max_retries=max_retries, payload=TaskRunPayload)
+    params = task_parameters(task)
+    for what, template in (("unique_key", unique_key), ("subject", subject)):
+        for field in _template_fields(where, what, template):
+            if field not in params:
+                raise RegistryError(f"{where}: {what} {template!r} names {field!r}, which is not an argument "
+                                    f"of {task.module_path} (arguments: {', '.join(params) or 'none'})")
+    existing_name = _task_types.get(task.module_path)
+    if existing_name is not None and existing_name != name:
+        raise RegistryError(f"task {task.module_path} is declared twice: as {existing_name!r} and as {name!r}")
+    existing = _types.get(name)
+    if existing is not None and existing.task_path != task.module_path:
+        raise RegistryError(f"{where} is declared twice: by {existing.task_path or _where(existing.handler)} "
+                            f"and by {task.module_path}")
+    template = subject or unique_key
+
+    def subject_from(data: dict[str, Any]) -> str:
+        if not template:
+            return ""
+        try:
+            return template.format(**task_arguments(task, data.get("args", []), data.get("kwargs", {})))
+        except (TypeError, KeyError, IndexError, ValueError):
+            return ""
+
+    jt = JobType(name=name, queue=task.queue_name, timeout=timeout, max_retries=max_retries,
+                 payload=TaskRunPayload, handler=run_task_job, subject=template,
+                 description=description or (task.func.__doc__ or "").strip().split("\n")[0],
+                 task_path=task.module_path, unique_key=unique_key, subject_from=subject_from)
+    _types[name] = jt
+    _task_types[task.module_path] = name
+    return jt
+
+
+def _template_fields(where: str, what: str, template: str) -> list[str]:
+    """The argument names a "{name}" template uses (only plain names: no indexing)."""
+    import string
+
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as exc:
+        raise RegistryError(f"{where}: {what} {template!r} is not a format string: {exc}") from None
+    for field in fields:
+        if not field.isidentifier():
+            raise RegistryError(f"{where}: {what} {template!r}: use plain argument names in braces, got {{{field}}}")
+    return fields
+
+
+def task_parameters(task) -> list[str]:
+    """The names a @task is called with (without the `context` of takes_context=True)."""
+    import inspect
+
+    names = list(inspect.signature(task.func).parameters)
+    return names[1:] if task.takes_context else names
+
+
+def task_arguments(task, args, kwargs) -> dict[str, Any]:
+    """args and kwargs bound to the task's parameters by name, defaults filled in. Raises
+    TypeError (as calling it would) when they do not fit its signature."""
+    import inspect
+
+    signature = inspect.signature(task.func)
+    if task.takes_context:
+        signature = signature.replace(parameters=list(signature.parameters.values())[1:])
+    bound = signature.bind(*args, **kwargs)
+    bound.apply_defaults()
+    return dict(bound.arguments)
+
+
+def task_job_type(module_path: str) -> str | None:
+    """The job type a @task was declared as with @job_type, if any."""
+    return _task_types.get(module_path)
 
 
 def periodic(name: str, *, cron: str, queue: str, description: str = ""):
@@ -151,6 +266,7 @@ def _where(function) -> str:
 def autodiscover() -> None:
     """Import the engine's own job types, then `<app>.jobs` of every installed app."""
     import jobs.system  # noqa: F401  (system:periodic, system:noop, the engine's periodic tasks)
+    import jobs.tasks_backend  # noqa: F401  (tasks:run, for any @task of the Tasks API)
 
     autodiscover_modules("jobs")
 

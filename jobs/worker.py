@@ -82,15 +82,18 @@ def run_job(job_id: int) -> str:
         services.job_snooze(job, until=snooze.until, reason=snooze.reason)
         return "snoozed"
     except TimeoutException as exc:
-        services.job_fail(job, error=f"timeout: {exc}", tb="")
+        services.job_fail(job, error=f"timeout: {exc}", tb="", exception_class=services.exception_path(exc))
         raise
     except PermanentError as exc:
         services.job_fail(job, error=f"{type(exc).__name__}: {exc}", tb=services.format_exception(exc)[1],
-                          permanent=True)
+                          permanent=True, exception_class=services.exception_path(exc))
         return "dead"
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
+        # SystemExit too (sys.exit() or exit() in a handler or a third-party task): a failed
+        # attempt, retried, instead of a worker process gone and a 20-second lease to wait out.
+        # django-q2's TimeoutException is a SystemExit and is caught above.
         error, tb = services.format_exception(exc)
-        services.job_fail(job, error=error, tb=tb)
+        services.job_fail(job, error=error, tb=tb, exception_class=services.exception_path(exc))
         return "failed"
     finally:
         _lease.release()

@@ -60,6 +60,9 @@ INSTALLED_APPS = [
     # production module imports it (an import-linter contract).
     "devtools",
     "django_q",
+    # The Tasks API backport (Django 5.2): its system checks and signal logging. Django 6
+    # ships it as django.tasks: drop this line then (see jobs/tasks_compat.py).
+    "django_tasks",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -179,6 +182,11 @@ Q_CLUSTER = {
         for name, count in JOBS_QUEUES.items()
     },
 }
+
+# Django's Tasks API (@task, .enqueue(), get_result()) runs on the job engine: every task is
+# a ledger job (README: Tasks API). OPTIONS: CRITICAL_PRIORITY (default 50), the priority
+# from which a task runs on the critical queue.
+TASKS = {"default": {"BACKEND": "jobs.tasks_backend.LedgerBackend"}}
 
 LOG_FORMAT = env.str("LOG_FORMAT", "plain" if DEBUG or EMBEDDED else "json")
 if LOG_FORMAT not in ("plain", "json"):

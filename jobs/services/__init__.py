@@ -13,6 +13,7 @@ from jobs.services.pauses import is_queue_paused, paused_queues, queue_pause, qu
 from jobs.services.people import jobs_cancel, jobs_delete, jobs_retry_now
 from jobs.services.running import (
     backoff_delay,
+    exception_path,
     fetch_job,
     format_exception,
     job_claim,
@@ -27,7 +28,7 @@ from jobs.services.running import (
 )
 
 __all__ = [
-    "backoff_delay", "fetch_job", "format_exception", "is_queue_paused", "job_cancel_unique", "job_claim",
+    "backoff_delay", "exception_path", "fetch_job", "format_exception", "is_queue_paused", "job_cancel_unique", "job_claim",
     "job_complete", "job_create", "job_create_many", "job_fail", "job_lease_expired", "job_put_back",
     "job_renew_lease", "job_snooze", "jobs_cancel", "jobs_delete", "jobs_release_workers", "jobs_retry_now",
     "paused_queues", "push_after_commit", "queue_pause", "queue_resume", "worker_id",

@@ -24,6 +24,9 @@ logger = logging.getLogger(__name__)
 
 MAX_ERRORS_KEPT = 20
 MAX_TRACEBACK_CHARS = 8000
+# A job's `result` text. Tasks store their JSON return value there (jobs/tasks_backend.py
+# refuses a larger one rather than cut it); 16,000 characters of utf8mb4 fit a TEXT column.
+MAX_RESULT_CHARS = 16000
 
 
 def backoff_delay(attempt: int) -> float:
@@ -99,7 +102,8 @@ def job_complete(job: Job, *, result: str = "") -> bool:
         "UPDATE {table} SET state=%s, finished_at=%s, lease_expires_at=NULL, live_key=NULL, waiting_reason='', "
         "result=%s "
         "WHERE id=%s AND state=%s AND attempts=%s",
-        [JobState.COMPLETED.value, _dt(now), (result or "")[:2000], job.pk, JobState.ACTIVE.value, job.attempts])
+        [JobState.COMPLETED.value, _dt(now), (result or "")[:MAX_RESULT_CHARS], job.pk, JobState.ACTIVE.value,
+         job.attempts])
     if done:
         log_job_event("completed", job, duration_ms=_ms(job.started_at, now))
     else:
@@ -108,17 +112,19 @@ def job_complete(job: Job, *, result: str = "") -> bool:
     return bool(done)
 
 
-def _error_entry(job: Job, message: str, tb: str, now: datetime) -> dict:
+def _error_entry(job: Job, message: str, tb: str, now: datetime, exception_class: str) -> dict:
+    # exception_class (dotted path) lets the Tasks API rebuild a TaskError from the ledger.
     return {"attempt": job.attempts, "at": now.isoformat(), "worker": job.worker,
-            "error": message[:2000], "traceback": tb[-MAX_TRACEBACK_CHARS:]}
+            "error": message[:2000], "traceback": tb[-MAX_TRACEBACK_CHARS:],
+            "exception_class": exception_class[:255]}
 
 
 def _record_failure(job: Job, running, *, error: str, tb: str, now: datetime, permanent: bool,
-                    retry_in: float) -> str | None:
+                    retry_in: float, exception_class: str = "") -> str | None:
     """The one place a failed attempt is written: its error kept with the others, then
     retry after `retry_in` seconds, or dead when permanent or out of retries. `running`
     is the conditional queryset that fences the attempt. None if the job moved meanwhile."""
-    errors = (list(job.errors or []) + [_error_entry(job, error, tb, now)])[-MAX_ERRORS_KEPT:]
+    errors = (list(job.errors or []) + [_error_entry(job, error, tb, now, exception_class)])[-MAX_ERRORS_KEPT:]
     if permanent or job.attempts - 1 >= job.max_retries:
         state, changes = JobState.DEAD, {"finished_at": now, "live_key": None}
     else:
@@ -131,12 +137,12 @@ def _record_failure(job: Job, running, *, error: str, tb: str, now: datetime, pe
     return state
 
 
-def job_fail(job: Job, *, error: str, tb: str = "", permanent: bool = False) -> str:
+def job_fail(job: Job, *, error: str, tb: str = "", permanent: bool = False, exception_class: str = "") -> str:
     """Record a failed attempt: retry with backoff, or dead when permanent or out of retries.
     Returns the new state."""
     now = timezone.now()
     state = _record_failure(job, _running(job), error=error, tb=tb, now=now, permanent=permanent,
-                            retry_in=backoff_delay(job.attempts))
+                            retry_in=backoff_delay(job.attempts), exception_class=exception_class)
     if state is None:
         logger.warning("job %s attempt %s failed after losing its lease: %s", job.pk, job.attempts, error)
         return job.state
@@ -173,6 +179,11 @@ def _ms(start: datetime | None, end: datetime) -> int | None:
     return None if start is None else int((end - start).total_seconds() * 1000)
 
 
+def exception_path(exc: BaseException) -> str:
+    """The dotted path of an exception's class, as the Tasks API's TaskError names it."""
+    return f"{type(exc).__module__}.{type(exc).__qualname__}"
+
+
 def format_exception(exc: BaseException) -> tuple[str, str]:
     return f"{type(exc).__name__}: {exc}", "".join(
         traceback.format_exception(type(exc), exc, exc.__traceback__))
@@ -184,7 +195,7 @@ def job_lease_expired(job: Job, *, now: datetime) -> str | None:
     forever. Returns the new state, or None if the job moved meanwhile."""
     error = f"worker lost: lease expired at {job.lease_expires_at.isoformat()} (worker {job.worker or '?'})"
     state = _record_failure(job, _running(job).filter(lease_expires_at__lt=now), error=error, tb="", now=now,
-                            permanent=False, retry_in=0)
+                            permanent=False, retry_in=0, exception_class="jobs.errors.WorkerLost")
     if state is not None:
         log_job_event("lease_expired", job, level=logging.ERROR if state == JobState.DEAD else logging.WARNING,
                       worker=job.worker, new_state=state)
