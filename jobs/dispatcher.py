@@ -29,7 +29,7 @@ from django.utils.module_loading import import_string
 from django_q.models import Schedule
 from django_q.utils import localtime
 
-from jobs import broker, services
+from jobs import broker, progress, services
 from jobs.models import Heartbeat, Job, JobState
 from jobs.types import QUEUES, SYSTEM_PERIODIC
 
@@ -78,14 +78,20 @@ def reap_expired_leases(*, now: datetime | None = None, limit: int = REAP_BATCH)
 
 def repush_lost(*, now: datetime | None = None, limit: int = REPUSH_BATCH) -> int:
     """Re-push pending jobs whose wake-up is older than JOBS_REPUSH_AFTER while their queue's
-    Redis list is empty: the wake-up was lost or is held by a busy cluster's prefetch. A
-    duplicate wake-up is harmless (the claim refuses a job that is no longer pending) and
-    cheap (only when the list is empty, so the duplicates cannot pile up)."""
+    Redis list is empty (the wake-up was lost, or is held by a busy or dead cluster's
+    prefetch), or while the queue is stalled: wake-ups waiting and no claim for
+    JOBS_STALL_AFTER (whatever holds the list, nothing moves; jobs/progress.py). A duplicate
+    wake-up is harmless (the claim refuses a job that is no longer pending) and bounded: a
+    re-push resets dispatched_at, so each job gets at most one extra wake-up per
+    JOBS_REPUSH_AFTER."""
     now = now or timezone.now()
     cutoff = now - timedelta(seconds=settings.JOBS_REPUSH_AFTER)
     total = 0
     for queue in QUEUES:
-        if services.is_queue_paused(queue) or broker.queue_depth(queue) > 0:
+        if services.is_queue_paused(queue):
+            continue
+        depth = broker.queue_depth(queue)
+        if depth > 0 and not progress.queue_stalled(queue, depth, now=now.timestamp()):
             continue
         with transaction.atomic():
             rows = list(

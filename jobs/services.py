@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import time
 import traceback
 from contextlib import nullcontext
@@ -37,7 +35,10 @@ def backoff_delay(attempt: int) -> float:
 
 
 def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """The lease holder's id, "host:start:pid" (see jobs/proctree.py)."""
+    from jobs.proctree import holder_id
+
+    return holder_id()
 
 
 def _push_after_commit(job_id: int, queue: str, timeout: int) -> None:
@@ -416,17 +417,23 @@ def format_exception(exc: BaseException) -> tuple[str, str]:
 
 
 
-def job_lease_expired(job: Job, *, now: datetime) -> str | None:
-    """The worker holding `job` stopped renewing its lease (killed, host lost). Run it again
+def job_lease_expired(job: Job, *, now: datetime, holder_gone: bool = False) -> str | None:
+    """The worker holding `job` stopped renewing its lease (killed, host lost), or, with
+    holder_gone, its own host saw the holder process gone (jobs/reaper.py). Run it again
     at once, counting the lost attempt so a job that kills its worker is not retried
     forever. Returns the new state, or None if the job moved meanwhile."""
-    error = f"worker lost: lease expired at {job.lease_expires_at.isoformat()} (worker {job.worker or '?'})"
+    if holder_gone:
+        error = f"worker lost: process {job.worker} is gone"
+    else:
+        error = f"worker lost: lease expired at {job.lease_expires_at.isoformat()} (worker {job.worker or '?'})"
     errors = (list(job.errors or []) + [_error_entry(job, error, "", now)])[-MAX_ERRORS_KEPT:]
     if job.attempts - 1 >= job.max_retries:
         state, changes = JobState.DEAD, {"finished_at": now, "live_key": None}
     else:
         state, changes = JobState.RETRY, {"run_at": now}
-    updated = _running(job).filter(lease_expires_at__lt=now).update(
+    running = _running(job).filter(worker=job.worker) if holder_gone else _running(job).filter(
+        lease_expires_at__lt=now)
+    updated = running.update(
         state=state, last_error=error, errors=errors, lease_expires_at=None, **changes)
     if not updated:
         return None

@@ -5,6 +5,14 @@ Each cluster child runs in its own session, so a signal sent to the supervisor's
 process group (systemd's KillMode=control-group, `docker stop`, Ctrl-C in a terminal)
 reaches only the supervisor, which then stops each cluster by signalling its main process
 alone. django-q2 hangs when every process of a cluster gets the signal at once.
+
+Nothing outlives its owner (jobs/proctree.py): each cluster's main process dies with the
+supervisor, and everything django-q2 forks dies with its parent; when a cluster's main
+process exits the supervisor SIGKILLs what is left of its process group before reaping it;
+the supervisor is its tree's child subreaper, so any orphan comes back to it and is killed.
+A wedged cluster (alive, its queue's list holding wake-ups, claiming nothing and running
+nothing for JOBS_STALL_AFTER) is killed whole and restarted. A reaper thread re-runs at once
+the jobs whose worker process died on this host (jobs/reaper.py).
 """
 
 from __future__ import annotations
@@ -22,8 +30,11 @@ from dataclasses import dataclass, field
 import psutil
 from django.conf import settings
 
-from jobs import services
+from jobs import broker, progress, proctree, services
 from jobs.dispatcher import Dispatcher
+from jobs.management.commands.jobs_cluster import SUPERVISOR_ENV
+from jobs.models import Job, JobState
+from jobs.reaper import run_reaper
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +48,9 @@ class Child:
     restarts: int = 0
     started_at: float = 0.0
     next_start: float = 0.0
-    pids: set[int] = field(default_factory=set)
+    # Holder ids ("host:start:pid") of every process seen in its tree, for release at stop.
+    holders: dict[int, str] = field(default_factory=dict)
+    backlog_since: float | None = None  # when its queue's list was first seen non-empty
 
 
 class Supervisor:
@@ -54,6 +67,8 @@ class Supervisor:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        proctree.become_subreaper()
+        threading.Thread(target=run_reaper, args=(self.stop, self.host), name="holder-reaper", daemon=True).start()
         dispatcher_thread = None
         if self.run_dispatcher:
             dispatcher = Dispatcher(f"{self.host}:{os.getpid()}")
@@ -67,6 +82,7 @@ class Supervisor:
         while not self.stop.is_set():
             for child in self.children:
                 self._watch(child)
+            self._reap_orphans()
             self.stop.wait(0.5)
         self._shutdown()
         if dispatcher_thread:
@@ -80,23 +96,31 @@ class Supervisor:
         self.stop.set()
 
     def _start(self, child: Child) -> None:
-        env = {**os.environ, "Q_CLUSTER_NAME": child.queue}
+        env = {**os.environ, "Q_CLUSTER_NAME": child.queue, SUPERVISOR_ENV: str(os.getpid())}
         child.process = subprocess.Popen(
             [sys.executable, str(settings.BASE_DIR / "manage.py"), "jobs_cluster"],
             env=env, start_new_session=True,
         )
         child.started_at = time.monotonic()
+        child.holders = {}
+        child.backlog_since = None
         logger.info("started %s cluster (pid %s)", child.queue, child.process.pid)
 
     def _watch(self, child: Child) -> None:
         proc = child.process
-        if proc is not None and proc.poll() is None:
-            child.pids |= _tree(proc.pid)
+        if proc is not None and not proctree.exited_unreaped(proc.pid):
+            self._note_tree(child)
             if time.monotonic() - child.started_at > 60:
                 child.restarts = 0
+            if self._wedged(child):
+                self._kill_cluster(child)
             return
         now = time.monotonic()
         if proc is not None:
+            # Its main process exited (its pid is not reaped yet, so its process group id
+            # cannot be reused): whatever is left of the group goes with it.
+            proctree.kill_group(proc.pid)
+            proc.wait()
             # Died on its own: its running jobs' leases will expire and the reaper re-runs
             # them; restart with a growing delay so a crash loop cannot spin.
             delay = min(2 ** child.restarts, RESTART_DELAY_MAX)
@@ -108,31 +132,107 @@ class Supervisor:
         if now >= child.next_start:
             self._start(child)
 
+    def _note_tree(self, child: Child) -> None:
+        for pid in _tree(child.process.pid):
+            if pid not in child.holders:
+                child.holders[pid] = proctree.holder_id(pid)
+
+    def _wedged(self, child: Child) -> bool:
+        """Alive, its queue's list holding wake-ups for JOBS_STALL_AFTER, and in that time no
+        claim by this cluster and no job running on it: it takes nothing from the list (or
+        takes wake-ups and never runs them)."""
+        bound = settings.JOBS_STALL_AFTER
+        now = time.monotonic()
+        try:
+            if broker.queue_depth(child.queue) == 0 or services.is_queue_paused(child.queue):
+                child.backlog_since = None
+                return False
+            if child.backlog_since is None:
+                child.backlog_since = now
+            if now - max(child.backlog_since, child.started_at) < bound:
+                return False
+            last = progress.last_claim_at(child.queue, f"{self.host}:{child.process.pid}")
+            if last is not None and time.time() - last < bound:
+                return False
+            mine = set(child.holders.values())
+            if Job.objects.filter(state=JobState.ACTIVE, worker__in=mine).exists():
+                return False  # busy with long jobs, not wedged
+        except Exception:
+            from django.db import close_old_connections
+
+            logger.debug("wedge check for %s failed", child.queue, exc_info=True)
+            close_old_connections()
+            return False  # Redis or MySQL away: no restart on guesswork
+        logger.error("%s cluster (pid %s) is wedged: wake-ups waiting for %.0f s, no claim, no job running; "
+                     "restarting it", child.queue, child.process.pid, now - child.backlog_since)
+        progress.report_wedged(child.queue, self.host, child.process.pid,
+                               {"waiting_s": round(now - child.backlog_since, 1)})
+        return True
+
+    def _kill_cluster(self, child: Child) -> None:
+        proctree.kill_group(child.process.pid)
+        child.process.wait(timeout=10)
+        child.process = None
+        child.next_start = 0.0  # at once: it did not crash, it stopped working
+
+    def _reap_orphans(self) -> None:
+        """As subreaper, processes orphaned anywhere in the tree become our children: a
+        child that is not a cluster's main process is one of them, to kill and reap."""
+        mains = {c.process.pid for c in self.children if c.process is not None}
+        try:
+            children = psutil.Process().children()
+        except psutil.Error:
+            return
+        for p in children:
+            if p.pid in mains:
+                continue
+            try:
+                what = " ".join(p.cmdline()[:4])
+            except psutil.Error:
+                what = "?"
+            try:
+                p.kill()
+                logger.warning("killed orphaned process %s (%s)", p.pid, what)
+            except psutil.Error:
+                pass
+            try:
+                os.waitpid(p.pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+
     def _shutdown(self) -> None:
-        running = [c for c in self.children if c.process is not None and c.process.poll() is None]
+        running = [c for c in self.children if c.process is not None and not proctree.exited_unreaped(c.process.pid)]
         for child in running:
-            child.pids |= _tree(child.process.pid)
+            self._note_tree(child)
             try:
                 os.kill(child.process.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + self.grace
-        while time.monotonic() < deadline and any(c.process.poll() is None for c in running):
+        while time.monotonic() < deadline and any(not proctree.exited_unreaped(c.process.pid) for c in running):
             for child in running:
-                if child.process.poll() is None:
-                    child.pids |= _tree(child.process.pid)
+                if not proctree.exited_unreaped(child.process.pid):
+                    self._note_tree(child)
             time.sleep(0.2)
         killed: list[str] = []
         for child in running:
-            if child.process.poll() is None:
-                child.pids |= _tree(child.process.pid)
+            if not proctree.exited_unreaped(child.process.pid):
+                self._note_tree(child)
                 logger.warning("%s cluster did not stop within %s s: killing it", child.queue, self.grace)
-                try:
-                    os.killpg(child.process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                child.process.wait(timeout=10)
-                killed += [f"{self.host}:{pid}" for pid in child.pids]
+                killed += list(child.holders.values())
+            # Drained or not, nothing of its group may stay behind (its main process is
+            # not reaped yet, so the group id is still its own).
+            proctree.kill_group(child.process.pid)
+            child.process.wait(timeout=10)
+        # Orphans re-parented to us (we are their subreaper): kill and reap until none is left.
+        for _ in range(50):
+            self._reap_orphans()
+            try:
+                if not psutil.Process().children():
+                    break
+            except psutil.Error:
+                break
+            time.sleep(0.1)
         if killed:
             released = services.jobs_release_workers(killed)
             logger.warning("released %d interrupted job(s) for another run", released)
