@@ -39,6 +39,7 @@ from jobs.reaper import run_reaper
 logger = logging.getLogger(__name__)
 
 RESTART_DELAY_MAX = 30.0
+RESTART_DELAY_MIN = 0.5
 
 
 @dataclass
@@ -121,9 +122,14 @@ class Supervisor:
             # cannot be reused): whatever is left of the group goes with it.
             proctree.kill_group(proc.pid)
             proc.wait()
-            # Died on its own: its running jobs' leases will expire and the reaper re-runs
-            # them; restart with a growing delay so a crash loop cannot spin.
-            delay = min(2 ** child.restarts, RESTART_DELAY_MAX)
+            # Died on its own: the local reaper re-runs its jobs (their holders are gone).
+            # Killed by a signal (OOM killer, an operator) or exited 0 (its sentinel died):
+            # back at once. An error exit (bad code or config) restarts with a growing
+            # delay, so a crash loop cannot spin.
+            if proc.returncode <= 0:
+                delay = RESTART_DELAY_MIN
+            else:
+                delay = min(2 ** child.restarts, RESTART_DELAY_MAX)
             logger.error("%s cluster (pid %s) exited with %s; restarting in %.0f s", child.queue, proc.pid,
                          proc.returncode, delay)
             child.process = None
@@ -133,9 +139,8 @@ class Supervisor:
             self._start(child)
 
     def _note_tree(self, child: Child) -> None:
-        for pid in _tree(child.process.pid):
-            if pid not in child.holders:
-                child.holders[pid] = proctree.holder_id(pid)
+        # Only the live tree: a dead holder's job is the reaper's (jobs/reaper.py).
+        child.holders = {pid: child.holders.get(pid) or proctree.holder_id(pid) for pid in _tree(child.process.pid)}
 
     def _wedged(self, child: Child) -> bool:
         """Alive, its queue's list holding wake-ups for JOBS_STALL_AFTER, and in that time no
@@ -191,8 +196,9 @@ class Supervisor:
             except psutil.Error:
                 what = "?"
             try:
-                p.kill()
-                logger.warning("killed orphaned process %s (%s)", p.pid, what)
+                if p.status() != psutil.STATUS_ZOMBIE:  # a zombie is dead already: only reap it
+                    p.kill()
+                    logger.warning("killed orphaned process %s (%s)", p.pid, what)
             except psutil.Error:
                 pass
             try:

@@ -38,6 +38,10 @@ class Command(BaseCommand):
 
         from django_q.cluster import Cluster
 
+        from jobs import cluster_guard
+
+        cluster_guard.install()
+
         from jobs.liveness import publish_cluster_heartbeat
 
         parent = os.getppid()
