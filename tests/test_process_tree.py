@@ -125,6 +125,14 @@ def assert_tree_gone_after_stop(cluster, watch: TreeWatch):
 def no_leak_from_before():
     assert not leftovers(), f"processes left from an earlier test: {leftovers()}"
     yield
+    # A failed test must not leave its leaks running on the shared machine (each test has
+    # already asserted that the tree was gone after stop).
+    for (pid, ctime) in list(EVER_SEEN):
+        if _alive(pid, ctime):
+            try:
+                psutil.Process(pid).kill()
+            except psutil.Error:
+                pass
 
 
 # ---------------------------------------------------------------- random kills
