@@ -109,6 +109,26 @@ def repush_lost(*, now: datetime | None = None, limit: int = REPUSH_BATCH) -> in
     return total
 
 
+def repush_after_cluster_death(queue: str, *, before: datetime, limit: int) -> int:
+    """A cluster of `queue` died: the wake-ups its pusher had taken (prefetched, or in flight
+    to it when it died) are gone. The pusher takes from the head of the list, so they belong to
+    the pending jobs dispatched longest ago: push the `limit` oldest again now rather than after
+    JOBS_REPUSH_AFTER. Duplicates are harmless (the claim refuses a job not pending)."""
+    with transaction.atomic():
+        rows = list(
+            _locked(Job.objects.filter(queue=queue, state=JobState.PENDING, dispatched_at__lte=before)
+                    .order_by("dispatched_at"))
+            .values_list("pk", "queue", "timeout")[:limit]
+        )
+        if not rows:
+            return 0
+        Job.objects.filter(pk__in=[r[0] for r in rows], state=JobState.PENDING).update(dispatched_at=timezone.now())
+    broker.push(rows)
+    logger.warning("re-pushed %d pending %s job(s) after its cluster died: ids %s", len(rows), queue,
+                   [r[0] for r in rows[:20]])
+    return len(rows)
+
+
 # ---------------------------------------------------------------- periodic schedules
 
 

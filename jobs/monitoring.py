@@ -111,9 +111,13 @@ def redis_state() -> dict:
         depths = {q: broker.queue_depth(q) for q in QUEUES}
         clusters = live_clusters()
         analytics = int(get_redis().xlen(ANALYTICS_STREAM_KEY))  # 0 when the key is missing
+        from jobs.progress import progress_state
+
+        moving = progress_state(depths)  # stalled queues, wedged clusters restarted (issue 11)
     except Exception as exc:
-        return {"error": f"{type(exc).__name__}: {exc}", "depths": {}, "clusters": [], "analytics_buffer": None}
-    return {"error": None, "depths": depths, "clusters": clusters, "analytics_buffer": analytics}
+        return {"error": f"{type(exc).__name__}: {exc}", "depths": {}, "clusters": [], "analytics_buffer": None,
+                "progress": {}}
+    return {"error": None, "depths": depths, "clusters": clusters, "analytics_buffer": analytics, "progress": moving}
 
 
 def cluster_rows(clusters: list[dict], now: datetime) -> list[dict]:
@@ -149,6 +153,7 @@ def queue_overview(now: datetime | None = None, redis: dict | None = None) -> di
             "depth": redis["depths"].get(q),
             "clusters": len(alive),
             "workers_alive": sum(c.get("workers_alive", 0) for c in alive),
+            **redis.get("progress", {}).get(q, {"last_claim_age_s": None, "stalled": False, "wedged_restarts": 0}),
             "paused": pause is not None,
             "paused_by": pause.paused_by if pause else "",
             "paused_at": pause.paused_at.isoformat() if pause else None,

@@ -115,3 +115,12 @@ def progress_state(depths: dict[str, int | None], *, now: float | None = None) -
             "wedged_restarts": sum(1 for r in reports if r.get("queue") == queue),
         }
     return out
+
+
+def readiness_check() -> dict:
+    """/readyz: every queue with wake-ups waiting has claimed something in JOBS_STALL_AFTER."""
+    from jobs import broker
+    from jobs.types import QUEUES
+
+    stalled = [q for q in QUEUES if queue_stalled(q, broker.queue_depth(q))]
+    return {"ok": not stalled, "stalled": stalled, "after_s": settings.JOBS_STALL_AFTER}

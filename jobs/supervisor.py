@@ -26,9 +26,11 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 import psutil
 from django.conf import settings
+from django.utils import timezone
 
 from jobs import broker, progress, proctree, services
 from jobs.dispatcher import Dispatcher
@@ -52,6 +54,8 @@ class Child:
     # Holder ids ("host:start:pid") of every process seen in its tree, for release at stop.
     holders: dict[int, str] = field(default_factory=dict)
     backlog_since: float | None = None  # when its queue's list was first seen non-empty
+    died_at: datetime | None = None  # its last cluster died; wake-ups it held to re-push
+    dead_pgid: int = 0
 
 
 class Supervisor:
@@ -108,6 +112,7 @@ class Supervisor:
         logger.info("started %s cluster (pid %s)", child.queue, child.process.pid)
 
     def _watch(self, child: Child) -> None:
+        self._repush_lost_wakeups(child)
         proc = child.process
         if proc is not None and not proctree.exited_unreaped(proc.pid):
             self._note_tree(child)
@@ -122,6 +127,7 @@ class Supervisor:
             # cannot be reused): whatever is left of the group goes with it.
             proctree.kill_group(proc.pid)
             proc.wait()
+            child.died_at, child.dead_pgid = timezone.now(), proc.pid
             # Died on its own: the local reaper re-runs its jobs (their holders are gone).
             # Killed by a signal (OOM killer, an operator) or exited 0 (its sentinel died):
             # back at once. An error exit (bad code or config) restarts with a growing
@@ -137,6 +143,27 @@ class Supervisor:
             child.next_start = now + delay
         if now >= child.next_start:
             self._start(child)
+
+    def _repush_lost_wakeups(self, child: Child) -> None:
+        """Once the dead cluster's group is gone (so no dying pusher can take them again),
+        re-push the wake-ups it may have held; on failure the dispatcher's repush_lost does
+        it later."""
+        if child.died_at is None or _group_alive(child.dead_pgid):
+            return
+        from jobs.dispatcher import repush_after_cluster_death
+
+        workers = settings.JOBS_QUEUES.get(child.queue, 1)
+        try:
+            # Its prefetch (2 x workers), one in flight per worker, and a margin.
+            repush_after_cluster_death(child.queue, before=child.died_at + timedelta(seconds=1),
+                                       limit=3 * workers + 5)
+        except Exception:
+            logger.warning("could not re-push %s wake-ups after its cluster died; the dispatcher will",
+                           child.queue, exc_info=True)
+            from django.db import close_old_connections
+
+            close_old_connections()
+        child.died_at = None
 
     def _note_tree(self, child: Child) -> None:
         # Only the live tree: a dead holder's job is the reaper's (jobs/reaper.py).
@@ -177,6 +204,7 @@ class Supervisor:
     def _kill_cluster(self, child: Child) -> None:
         proctree.kill_group(child.process.pid)
         child.process.wait(timeout=10)
+        child.died_at, child.dead_pgid = timezone.now(), child.process.pid
         child.process = None
         child.next_start = 0.0  # at once: it did not crash, it stopped working
 
@@ -242,6 +270,14 @@ class Supervisor:
         if killed:
             released = services.jobs_release_workers(killed)
             logger.warning("released %d interrupted job(s) for another run", released)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
 
 
 def _tree(pid: int) -> set[int]:

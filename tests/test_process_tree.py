@@ -300,16 +300,28 @@ def test_a_stuck_consumer_and_a_wedged_cluster_do_not_stall_the_queue(start_clus
     assert_tree_gone_after_stop(cluster, watch)
 
 
-def test_a_stalled_queue_gets_its_pending_jobs_pushed_again_even_with_a_non_empty_list(settings):
+def run_jobs_command_capture(capsys, *args):
+    from tests.ops_support import run_jobs_command
+
+    code = run_jobs_command(*args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_a_stalled_queue_gets_its_pending_jobs_pushed_again_even_with_a_non_empty_list(settings, client, capsys):
     settings.JOBS_REPUSH_AFTER = 1
     settings.JOBS_STALL_AFTER = 1
     old = timezone.now() - timedelta(seconds=5)
     job_id = services.job_create(job_type=types.SYSTEM_NOOP, payload={}, queue="news")
     Job.objects.filter(pk=job_id).update(dispatched_at=old)
-    client = get_redis()
-    client.delete(queue_key("news"))
-    client.rpush(queue_key("news"), b"held by a consumer that never runs it")
-    # No claim recorded on the queue: stalled, so its old pending job is pushed again...
+    get_redis().delete(queue_key("news"))
+    get_redis().rpush(queue_key("news"), b"held by a consumer that never runs it")
+    # No claim recorded on the queue: stalled, and reported so...
+    assert progress.readiness_check()["stalled"] == ["news"]
+    assert client.get("/readyz").json()["checks"]["queues_moving"] == "fail"
+    code, out, _ = run_jobs_command_capture(capsys, "stats")
+    assert "PROBLEM: news stalled" in out
+    # ...and its old pending job is pushed again...
     assert repush_lost() == 1
     assert broker.queue_depth("news") == 2
     # ...at most once per JOBS_REPUSH_AFTER,
@@ -319,3 +331,4 @@ def test_a_stalled_queue_gets_its_pending_jobs_pushed_again_even_with_a_non_empt
     progress._last_note.clear()
     progress.note_claim("news")
     assert repush_lost() == 0
+    assert progress.readiness_check()["ok"]
