@@ -26,6 +26,9 @@ import sys
 
 logger = logging.getLogger(__name__)
 
+# Set by the supervisor for each cluster's main process: the parent it must die with.
+SUPERVISOR_ENV = "NEXTEVENT_SUPERVISOR_PID"
+
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 

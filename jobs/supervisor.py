@@ -34,7 +34,6 @@ from django.utils import timezone
 
 from jobs import broker, progress, proctree, services
 from jobs.dispatcher import Dispatcher
-from jobs.management.commands.jobs_cluster import SUPERVISOR_ENV
 from jobs.models import Job, JobState
 from jobs.reaper import run_reaper
 
@@ -101,7 +100,7 @@ class Supervisor:
         self.stop.set()
 
     def _start(self, child: Child) -> None:
-        env = {**os.environ, "Q_CLUSTER_NAME": child.queue, SUPERVISOR_ENV: str(os.getpid())}
+        env = {**os.environ, "Q_CLUSTER_NAME": child.queue, proctree.SUPERVISOR_ENV: str(os.getpid())}
         child.process = subprocess.Popen(
             [sys.executable, str(settings.BASE_DIR / "manage.py"), "jobs_cluster"],
             env=env, start_new_session=True,

@@ -15,9 +15,6 @@ import time
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-SUPERVISOR_ENV = "NEXTEVENT_SUPERVISOR_PID"
-
-
 class Command(BaseCommand):
     help = "Run one queue's django-q2 cluster (started by qcluster; Q_CLUSTER_NAME selects the queue)."
 
@@ -25,6 +22,7 @@ class Command(BaseCommand):
         if not os.environ.get("Q_CLUSTER_NAME"):
             raise CommandError("Q_CLUSTER_NAME must name the queue; use `manage.py qcluster` instead")
         from jobs import proctree
+        from jobs.proctree import SUPERVISOR_ENV
         from jobs.progress import CLUSTER_ENV
 
         supervisor = int(os.environ.get(SUPERVISOR_ENV) or 0)
