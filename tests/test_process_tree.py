@@ -62,6 +62,7 @@ class TreeWatch:
         self.orphan_since: dict[tuple[int, float], float] = {}
         self.violations: list[str] = []
         self._stop = threading.Event()
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -70,6 +71,10 @@ class TreeWatch:
             self.sample()
 
     def sample(self):
+        with self._lock:
+            self._sample()
+
+    def _sample(self):
         try:
             for p in psutil.Process(self.root).children(recursive=True):
                 try:
@@ -227,7 +232,9 @@ def test_a_kill_of_each_kind_of_process_leaves_no_orphan_and_the_queue_runs_agai
         job_id = services.job_create(job_type=types.SYSTEM_NOOP, payload={}, queue="news")
         wait_for(lambda: Job.objects.filter(pk=job_id, state=JobState.COMPLETED).exists(), 40, 0.1,
                  f"a news job to run after the {kind} was killed")
-        time.sleep(ORPHAN_BOUND + 0.5)  # long enough for any orphan to count as a violation
+        # No orphan left now: none of this kill can still become a violation.
+        watch.sample()
+        wait_for(lambda: not watch.orphan_since, ORPHAN_BOUND + 1, 0.1, f"the orphans of the {kind} kill to go")
         watch.assert_clean()
         old_main = roles["main"].pid
         if kind in ("pusher", "monitor", "worker"):
