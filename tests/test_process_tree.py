@@ -339,3 +339,22 @@ def test_a_stalled_queue_gets_its_pending_jobs_pushed_again_even_with_a_non_empt
     progress.note_claim("news")
     assert repush_lost() == 0
     assert progress.readiness_check()["ok"]
+
+
+def test_a_supervisor_killed_outright_takes_its_whole_tree_along(start_cluster):
+    cluster = start_cluster(queues=["news", "default"], env=FAST)
+    job_id = scheduler.enqueue(types.SYSTEM_NOOP, {"sleep": 30})
+    wait_for(lambda: Job.objects.filter(pk=job_id, state=JobState.ACTIVE).exists(), 30, 0.05, "the long job to run")
+    watch = TreeWatch(cluster.pid)
+    watch.sample()
+    assert len(watch.known) >= 2 * 6  # two clusters: main, sentinel, pusher, monitor, 2 workers
+    watch.stop()
+    cluster.proc.kill()  # SIGKILL: no shutdown code runs in the supervisor
+    cluster.proc.wait(10)
+    # Not a drain of the running job: the tree goes with its supervisor, at once.
+    wait_for(lambda: not leftovers(), ORPHAN_BOUND, 0.1, "every process of the tree to die with the supervisor")
+    # qcluster started again on this host re-runs the job at once: its holder is gone.
+    start_cluster(queues=["default"], env=FAST)
+    job = wait_for(lambda: Job.objects.filter(pk=job_id, attempts=2, state=JobState.ACTIVE).first(), 30, 0.1,
+                   "the job to run again")
+    assert "is gone" in job.errors[-1]["error"]
