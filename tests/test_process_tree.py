@@ -358,3 +358,12 @@ def test_a_supervisor_killed_outright_takes_its_whole_tree_along(start_cluster):
     job = wait_for(lambda: Job.objects.filter(pk=job_id, attempts=2, state=JobState.ACTIVE).first(), 30, 0.1,
                    "the job to run again")
     assert "is gone" in job.errors[-1]["error"]
+
+
+def test_a_heartbeat_longer_than_half_the_lease_is_refused_at_start():
+    # One late renewal must not cost a live worker its lease.
+    result = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, capture_output=True, text=True,
+                            env={"PATH": "/usr/bin:/bin", "DJANGO_DEBUG": "1", "JOBS_LEASE_SECONDS": "6",
+                                 "JOBS_HEARTBEAT_SECONDS": "4"})
+    assert result.returncode == 2
+    assert "JOBS_HEARTBEAT_SECONDS must be at most half of JOBS_LEASE_SECONDS" in result.stderr
