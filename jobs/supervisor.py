@@ -65,6 +65,7 @@ class Supervisor:
         self.stop = threading.Event()
         self.children = [Child(q) for q in queues]
         self.host = socket.gethostname()
+        self.cluster_groups: set[int] = set()  # process groups of the clusters we started
 
     # -------------------------------------------------------------- lifecycle
 
@@ -105,6 +106,7 @@ class Supervisor:
             [sys.executable, str(settings.BASE_DIR / "manage.py"), "jobs_cluster"],
             env=env, start_new_session=True,
         )
+        self.cluster_groups.add(child.process.pid)  # its own session: group id = its pid
         child.started_at = time.monotonic()
         child.holders = {}
         child.backlog_since = None
@@ -208,8 +210,10 @@ class Supervisor:
         child.next_start = 0.0  # at once: it did not crash, it stopped working
 
     def _reap_orphans(self) -> None:
-        """As subreaper, processes orphaned anywhere in the tree become our children: a
-        child that is not a cluster's main process is one of them, to kill and reap."""
+        """As subreaper, processes orphaned anywhere below us become our children. One still
+        in a cluster's process group belonged to that cluster: kill it. One that left the
+        group (a daemon that called setsid, e.g. the embedded redis-server started by a
+        worker) is not ours to kill: only reaped once it exits."""
         mains = {c.process.pid for c in self.children if c.process is not None}
         try:
             children = psutil.Process().children()
@@ -219,19 +223,20 @@ class Supervisor:
             if p.pid in mains:
                 continue
             try:
-                what = " ".join(p.cmdline()[:4])
-            except psutil.Error:
-                what = "?"
-            try:
-                if p.status() != psutil.STATUS_ZOMBIE:  # a zombie is dead already: only reap it
+                zombie = p.status() == psutil.STATUS_ZOMBIE
+                ours = os.getpgid(p.pid) in self.cluster_groups
+                what = " ".join(p.cmdline()[:4]) if not zombie else "zombie"
+                if ours and not zombie:
                     p.kill()
                     logger.warning("killed orphaned process %s (%s)", p.pid, what)
-            except psutil.Error:
+            except (psutil.Error, ProcessLookupError):
                 pass
             try:
                 os.waitpid(p.pid, os.WNOHANG)
             except ChildProcessError:
                 pass
+        # Forget the groups of clusters that are gone, whole (bounded by the live ones).
+        self.cluster_groups = {g for g in self.cluster_groups if _group_alive(g)}
 
     def _shutdown(self) -> None:
         running = [c for c in self.children if c.process is not None and not proctree.exited_unreaped(c.process.pid)]
@@ -260,10 +265,7 @@ class Supervisor:
         # Orphans re-parented to us (we are their subreaper): kill and reap until none is left.
         for _ in range(50):
             self._reap_orphans()
-            try:
-                if not psutil.Process().children():
-                    break
-            except psutil.Error:
+            if not self.cluster_groups:  # every group we started is gone, whole
                 break
             time.sleep(0.1)
         if killed:

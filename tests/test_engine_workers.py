@@ -99,6 +99,7 @@ def test_a_sigkilled_worker_s_job_runs_again_within_30_seconds(start_cluster):
     job = wait_for(lambda: Job.objects.filter(pk=job_id, state=JobState.ACTIVE).first(), 20, 0.05, "active")
     pid = int(job.worker.rsplit(":", 1)[1])
     assert pid in cluster.worker_pids()
+    wait_for(lambda: runs("kill") == [f"{job_id}:1"], 10, 0.02, "the handler to start")  # mid-job, not mid-claim
     os.kill(pid, signal.SIGKILL)
     killed_at = timezone.now()
     job = wait_finished(job_id, timeout=45)
