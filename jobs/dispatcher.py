@@ -27,7 +27,7 @@ from django.utils import timezone
 from django_q.models import Schedule
 from django_q.utils import localtime
 
-from jobs import broker, services
+from jobs import broker, progress, services
 from jobs.models import Heartbeat, Job, JobState
 from jobs.queues import QUEUES
 from jobs.registry import periodic_by_func
@@ -78,14 +78,20 @@ def reap_expired_leases(*, now: datetime | None = None, limit: int = REAP_BATCH)
 
 def repush_lost(*, now: datetime | None = None, limit: int = REPUSH_BATCH) -> int:
     """Re-push pending jobs whose wake-up is older than JOBS_REPUSH_AFTER while their queue's
-    Redis list is empty: the wake-up was lost or is held by a busy cluster's prefetch. A
-    duplicate wake-up is harmless (the claim refuses a job that is no longer pending) and
-    cheap (only when the list is empty, so the duplicates cannot pile up)."""
+    Redis list is empty (the wake-up was lost, or is held by a busy or dead cluster's
+    prefetch), or while the queue is stalled: wake-ups waiting and no claim for
+    JOBS_STALL_AFTER (whatever holds the list, nothing moves; jobs/progress.py). A duplicate
+    wake-up is harmless (the claim refuses a job that is no longer pending) and bounded: a
+    re-push resets dispatched_at, so each job gets at most one extra wake-up per
+    JOBS_REPUSH_AFTER."""
     now = now or timezone.now()
     cutoff = now - timedelta(seconds=settings.JOBS_REPUSH_AFTER)
     total = 0
     for queue in QUEUES:
-        if services.is_queue_paused(queue) or broker.queue_depth(queue) > 0:
+        if services.is_queue_paused(queue):
+            continue
+        depth = broker.queue_depth(queue)
+        if depth > 0 and not progress.queue_stalled(queue, depth, now=now.timestamp()):
             continue
         with transaction.atomic():
             rows = list(
@@ -101,6 +107,26 @@ def repush_lost(*, now: datetime | None = None, limit: int = REPUSH_BATCH) -> in
                        len(rows), queue, [r[0] for r in rows[:20]])
         total += len(rows)
     return total
+
+
+def repush_after_cluster_death(queue: str, *, before: datetime, limit: int) -> int:
+    """A cluster of `queue` died: the wake-ups its pusher had taken (prefetched, or in flight
+    to it when it died) are gone. The pusher takes from the head of the list, so they belong to
+    the pending jobs dispatched longest ago: push the `limit` oldest again now rather than after
+    JOBS_REPUSH_AFTER. Duplicates are harmless (the claim refuses a job not pending)."""
+    with transaction.atomic():
+        rows = list(
+            _locked(Job.objects.filter(queue=queue, state=JobState.PENDING, dispatched_at__lte=before)
+                    .order_by("dispatched_at"))
+            .values_list("pk", "queue", "timeout")[:limit]
+        )
+        if not rows:
+            return 0
+        Job.objects.filter(pk__in=[r[0] for r in rows], state=JobState.PENDING).update(dispatched_at=timezone.now())
+    broker.push(rows)
+    logger.warning("re-pushed %d pending %s job(s) after its cluster died: ids %s", len(rows), queue,
+                   [r[0] for r in rows[:20]])
+    return len(rows)
 
 
 # ---------------------------------------------------------------- periodic schedules

@@ -18,6 +18,7 @@ from django_q.exceptions import TimeoutException
 from jobs import services
 from jobs.errors import PermanentError, Snooze
 from jobs.events import log_job_event
+from jobs.progress import note_claim
 from jobs.registry import get_job_type
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ def run_job(job_id: int) -> str:
     if job is None:
         logger.debug("job %s: wake-up skipped, not pending (duplicate or stale)", job_id)
         return "skipped"
+    note_claim(job.queue)  # progress for the stall and wedge checks (jobs/progress.py)
     if services.is_queue_paused(job.queue):
         services.job_put_back(job, reason=f"queue {job.queue} is paused")
         return "paused"

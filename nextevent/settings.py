@@ -147,8 +147,19 @@ JOBS_QUEUES = {
     name: env.int(f"JOBS_WORKERS_{name.upper()}", count, min_value=1, max_value=64)
     for name, count in _default_workers.items()
 }
-JOBS_LEASE_SECONDS = env.int("JOBS_LEASE_SECONDS", 20, min_value=5)
-JOBS_HEARTBEAT_SECONDS = env.float("JOBS_HEARTBEAT_SECONDS", 5, min_value=0.5)
+# A worker renews its lease every JOBS_HEARTBEAT_SECONDS; a lease runs out (and the job runs
+# again elsewhere) only after JOBS_LEASE_SECONDS without renewal: the bound for a dead host.
+# A dead worker on a live host is seen by that host in JOBS_HOLDER_CHECK_INTERVAL (reaper.py).
+JOBS_LEASE_SECONDS = env.int("JOBS_LEASE_SECONDS", 10, min_value=5)
+JOBS_HEARTBEAT_SECONDS = env.float("JOBS_HEARTBEAT_SECONDS", 2, min_value=0.5)
+if JOBS_HEARTBEAT_SECONDS * 2 > JOBS_LEASE_SECONDS:
+    raise ConfigError("JOBS_HEARTBEAT_SECONDS must be at most half of JOBS_LEASE_SECONDS "
+                      "(one late renewal must not lose a live worker's lease)")
+JOBS_HOLDER_CHECK_INTERVAL = env.float("JOBS_HOLDER_CHECK_INTERVAL", 0.5, min_value=0.1)
+# A queue with wake-ups waiting and no claim for this long is stalled: its pending jobs are
+# re-pushed even though its list is not empty; a cluster of its own that claimed nothing for
+# this long (no job running) while its list held wake-ups is wedged: the supervisor restarts it.
+JOBS_STALL_AFTER = env.float("JOBS_STALL_AFTER", 10, min_value=1)
 JOBS_DISPATCH_INTERVAL = env.float("JOBS_DISPATCH_INTERVAL", 0.1, min_value=0.01)
 JOBS_REPUSH_AFTER = env.int("JOBS_REPUSH_AFTER", 10, min_value=1)
 JOBS_SHUTDOWN_GRACE = env.int("JOBS_SHUTDOWN_GRACE", 30, min_value=0)

@@ -89,7 +89,8 @@ def test_readyz_is_503_while_redis_is_down_and_200_after(client, own_redis):
     response = client.get("/readyz")
     assert response.status_code == 503
     assert response.json() == {"status": "fail", "checks": {"database": "ok", "redis": "fail",
-                                                            "health_heartbeat": "ok", "dead_jobs": "ok"}}
+                                                            "health_heartbeat": "ok", "dead_jobs": "ok",
+                                                            "queues_moving": "fail"}}
     assert time.monotonic() - started < 2  # a probe must not hang on a dead Redis
 
     own_redis.start()

@@ -87,14 +87,16 @@ def redis_state() -> dict:
     (the ledger views still work without it)."""
     from jobs import broker
     from jobs.liveness import live_clusters
+    from jobs.progress import progress_state
 
     try:
         check_redis()  # fail fast instead of through the shared client's retries
         depths = {q: broker.queue_depth(q) for q in QUEUES}
         clusters = live_clusters()
+        moving = progress_state(depths)  # stalled queues, wedged clusters restarted
     except Exception as exc:
-        return {"error": f"{type(exc).__name__}: {exc}", "depths": {}, "clusters": [], "gauges": []}
-    return {"error": None, "depths": depths, "clusters": clusters, "gauges": app_gauges()}
+        return {"error": f"{type(exc).__name__}: {exc}", "depths": {}, "clusters": [], "gauges": [], "progress": {}}
+    return {"error": None, "depths": depths, "clusters": clusters, "gauges": app_gauges(), "progress": moving}
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,7 @@ def queue_overview(now: datetime | None = None, redis: dict | None = None) -> di
             "depth": redis["depths"].get(q),
             "clusters": len(alive),
             "workers_alive": sum(c.get("workers_alive", 0) for c in alive),
+            **redis.get("progress", {}).get(q, {"last_claim_age_s": None, "stalled": False, "wedged_restarts": 0}),
             "paused": pause is not None,
             "paused_by": pause.paused_by if pause else "",
             "paused_at": pause.paused_at.isoformat() if pause else None,

@@ -86,8 +86,12 @@ def readiness(now=None) -> tuple[bool, dict[str, dict]]:
     try:
         check_redis()
         checks["redis"] = {"ok": True}
+        from jobs.progress import readiness_check
+
+        checks["queues_moving"] = readiness_check()
     except Exception as exc:
-        checks["redis"] = {"ok": False, "error": _error(exc)}
+        checks.setdefault("redis", {"ok": False, "error": _error(exc)})
+        checks.setdefault("queues_moving", {"ok": False, "error": _error(exc)})
     if checks["database"]["ok"]:
         try:
             health = monitoring.health_heartbeat(now)

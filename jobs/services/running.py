@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import traceback
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
@@ -18,6 +16,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from jobs.events import log_job_event
+from jobs.proctree import holder_id
 from jobs.models import Job, JobState
 
 logger = logging.getLogger(__name__)
@@ -35,7 +34,9 @@ def backoff_delay(attempt: int) -> float:
 
 
 def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """The lease holder's id, "host:start:pid": its start time tells a reused pid apart
+    (see jobs/proctree.py), so its own host can see at once that it is gone."""
+    return holder_id()
 
 
 def _execute(sql: str, params: list) -> int:
@@ -189,12 +190,18 @@ def format_exception(exc: BaseException) -> tuple[str, str]:
         traceback.format_exception(type(exc), exc, exc.__traceback__))
 
 
-def job_lease_expired(job: Job, *, now: datetime) -> str | None:
-    """The worker holding `job` stopped renewing its lease (killed, host lost). Run it again
+def job_lease_expired(job: Job, *, now: datetime, holder_gone: bool = False) -> str | None:
+    """The worker holding `job` stopped renewing its lease (killed, host lost), or, with
+    holder_gone, its own host saw the holder process gone (jobs/reaper.py). Run it again
     at once, counting the lost attempt so a job that kills its worker is not retried
     forever. Returns the new state, or None if the job moved meanwhile."""
-    error = f"worker lost: lease expired at {job.lease_expires_at.isoformat()} (worker {job.worker or '?'})"
-    state = _record_failure(job, _running(job).filter(lease_expires_at__lt=now), error=error, tb="", now=now,
+    if holder_gone:
+        error = f"worker lost: process {job.worker} is gone"
+        running = _running(job).filter(worker=job.worker)
+    else:
+        error = f"worker lost: lease expired at {job.lease_expires_at.isoformat()} (worker {job.worker or '?'})"
+        running = _running(job).filter(lease_expires_at__lt=now)
+    state = _record_failure(job, running, error=error, tb="", now=now,
                             permanent=False, retry_in=0, exception_class="jobs.errors.WorkerLost")
     if state is not None:
         log_job_event("lease_expired", job, level=logging.ERROR if state == JobState.DEAD else logging.WARNING,

@@ -140,6 +140,12 @@ class Command(BaseCommand):
         text = [render_table(["QUEUE", "", "SCHED", "PEND", "ACTIVE", "RETRY", "DEAD", "DEPTH", "OLDEST PENDING",
                               "DONE 1H", "FAILED 1H", "DONE TODAY", "FAILED TODAY", "WORKERS"], rows,
                              right=set(range(2, 14))), ""]
+        stuck = [f"{q} stalled (wake-ups waiting, no claim for "
+                 f"{_age(r['last_claim_age_s']) if r['last_claim_age_s'] else 'ever'})"
+                 for q, r in overview.items() if r.get("stalled")]
+        stuck += [f"{q}: {r['wedged_restarts']} wedged cluster(s) restarted in the last 10 min" for q, r in
+                  overview.items() if r.get("wedged_restarts")]
+        text += [f"PROBLEM: {line}" for line in stuck] + ([""] if stuck else [])
         if clusters:
             text.append(render_table(
                 ["CLUSTER", "QUEUE", "WORKERS ALIVE", "EXPECTED", "LAST HEARTBEAT"],
