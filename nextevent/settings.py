@@ -59,6 +59,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Serves STATIC_ROOT (filled by `collectstatic`) from gunicorn itself (issue 14).
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -94,7 +96,17 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "var" / "static"
+STATIC_ROOT = env.str("STATIC_ROOT", str(BASE_DIR / "var" / "static"))
+
+# --- Production web server (issue 14, deploy/) ---
+# Behind a TLS-terminating proxy. gunicorn takes the scheme from X-Forwarded-Proto only on
+# connections from its forwarded_allow_ips (deploy/gunicorn.conf.py), so Django needs no
+# SECURE_PROXY_SSL_HEADER, which would trust that header from anyone who reaches gunicorn.
+DJANGO_HTTPS = env.bool("DJANGO_HTTPS", False)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = SECURE_SSL_REDIRECT = DJANGO_HTTPS
+# Probes and scrapers talk plain HTTP to gunicorn on the host itself.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+SECURE_HSTS_SECONDS = env.int("DJANGO_HSTS_SECONDS", 0, min_value=0)
 
 # Request bodies: the analytics endpoint takes batches of up to 1,000 events.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", 5 * 1024 * 1024, min_value=1024)
