@@ -87,11 +87,12 @@ def redis_probe(timeout: float = PROBE_TIMEOUT) -> None:
     shared client (nextevent.redis.get_redis) retries ten times with backoff, about 3 s on a
     refused connection and far longer on a silent host: too slow for a probe or a scrape.
     Same connection settings (settings.REDIS), one attempt, closed at once."""
-    import redis
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    client = redis.Redis(**{**settings.REDIS, "socket_connect_timeout": timeout, "socket_timeout": timeout,
+    from nextevent.redis import make_client
+
+    client = make_client(**{"socket_connect_timeout": timeout, "socket_timeout": timeout,
                             "retry": Retry(NoBackoff(), 0)})
     try:
         client.ping()

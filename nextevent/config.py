@@ -151,10 +151,19 @@ def redis_config(env: Env, *, embedded: bool) -> dict:
     password = env.str("REDIS_PASSWORD", "")
     if password:
         config["password"] = password
+    # An ACL user (deploy/redis.conf); without it AUTH uses the default user.
+    username = env.str("REDIS_USERNAME", "")
+    if username:
+        config["username"] = username
+    from nextevent.redis_sentinel import tls_options
+
+    config.update(tls_options(env))
     return config
 
 
 def describe_redis(config: dict) -> str:
-    if "unix_socket_path" in config:
-        return f"unix:{config['unix_socket_path']}"
-    return f"{config['host']}:{config['port']}/{config['db']}"
+    from django.conf import settings
+
+    from nextevent.redis_sentinel import describe
+
+    return describe(config, getattr(settings, "REDIS_SENTINEL", None))

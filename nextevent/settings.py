@@ -13,6 +13,7 @@ from nextevent.config import (
     read_dotenv,
     redis_config,
 )
+from nextevent.redis_sentinel import sentinel_config
 
 read_dotenv()
 env = Env()
@@ -116,6 +117,8 @@ X_FRAME_OPTIONS = "DENY"
 
 # --- Redis: one set of connection keywords for every client in the project ---
 REDIS = redis_config(env, embedded=EMBEDDED)
+# Sentinels that name the master (REDIS_SENTINELS); None: REDIS's host and port (issue 14).
+REDIS_SENTINEL = None if EMBEDDED else sentinel_config(env)
 
 # --- Job engine (jobs/) ---
 # Worker processes per queue. The seed's Asynq weights (critical 6, news 3, wechat 2,
@@ -144,6 +147,9 @@ Q_CLUSTER = {
     "name": "nextevent",
     "workers": 1,
     "redis": REDIS,
+    # Same as django-q2's Redis broker, but connected through nextevent.redis_sentinel, so it
+    # follows REDIS_SENTINELS and REDIS_TLS like every other client.
+    "broker_class": "jobs.brokers.ProjectRedisBroker",
     # The engine's dispatcher drives Schedule rows every second; django-q2's own 30 s tick is off.
     "scheduler": False,
     "catch_up": False,
