@@ -15,6 +15,7 @@ import logging
 import time
 from typing import Any
 
+import redis
 from django.conf import settings
 
 from nextevent.redis import get_redis
@@ -98,14 +99,14 @@ def record_event(*, news_id: int, event_type: str, user_id: int | str | None = N
     ("<ms>-<seq>"). Raises EventError (naming the field) before anything is written, and
     redis.RedisError if Redis cannot be reached."""
     fields = validate_event(news_id, event_type, user_id, metadata)
-    if not _length_check_due(1):
+    if not _length_check_due(1) and not settings.ANALYTICS_WAIT_REPLICAS:
         return get_redis().xadd(STREAM_KEY, fields).decode()
     pipe = get_redis().pipeline(transaction=False)
     pipe.xadd(STREAM_KEY, fields)
     pipe.xlen(STREAM_KEY)
-    entry_id, length = pipe.execute()
-    _after_length_check(length)
-    return entry_id.decode()
+    results = ensure_replicated(pipe, 1)
+    _after_length_check(results[1])
+    return results[0].decode()
 
 
 def record_events(events: list[dict]) -> int:
@@ -124,8 +125,8 @@ def record_events(events: list[dict]) -> int:
     for fields in entries:
         pipe.xadd(STREAM_KEY, fields)
     pipe.xlen(STREAM_KEY)
-    results = pipe.execute()
-    _after_length_check(results[-1])
+    results = ensure_replicated(pipe, len(entries))
+    _after_length_check(results[len(entries)])
     return len(entries)
 
 
@@ -140,6 +141,30 @@ def _fields_of(event: Any, index: int) -> dict:
             raise EventError(name, "is required", index)
     return validate_event(event["news_id"], event["event_type"], event.get("user_id"), event.get("metadata"),
                           index=index)
+
+
+# ---------------------------------------------------------------- replication (issue 14)
+
+
+class NotReplicated(redis.RedisError):
+    """The events are on the master but fewer replicas than ANALYTICS_WAIT_REPLICAS confirmed
+    them in time: a failover now would lose them. The caller should retry (at least once:
+    if they survive, a retry counts them twice)."""
+
+
+def ensure_replicated(pipe, count: int) -> list:
+    """Run the pipeline; with ANALYTICS_WAIT_REPLICAS > 0, in the same round trip WAIT until
+    that many replicas hold the writes (at most ANALYTICS_WAIT_TIMEOUT_MS) and raise
+    NotReplicated if fewer did. Without it, an acknowledged event that had not reached a
+    replica when the master died is lost in the failover, silently."""
+    wanted = settings.ANALYTICS_WAIT_REPLICAS
+    if wanted:
+        pipe.execute_command("WAIT", wanted, settings.ANALYTICS_WAIT_TIMEOUT_MS)
+    results = pipe.execute()
+    if wanted and int(results[-1]) < wanted:
+        raise NotReplicated(f"{count} event(s) written but confirmed by {results[-1]} of {wanted} replica(s) "
+                            f"within {settings.ANALYTICS_WAIT_TIMEOUT_MS} ms (ANALYTICS_WAIT_REPLICAS)")
+    return results
 
 
 # ---------------------------------------------------------------- the threshold

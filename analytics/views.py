@@ -14,7 +14,7 @@ from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from analytics.ingest import EventError, record_events
+from analytics.ingest import EventError, NotReplicated, record_events
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +67,9 @@ def events(request):
         if single:
             return _error(400, f"{exc.field}: {exc.message}", field=exc.field)
         return _error(400, str(exc), field=exc.field, index=exc.index)
+    except NotReplicated as exc:
+        logger.warning("analytics: %s", exc)
+        return _error(503, f"{exc}; retry")
     except redis.RedisError:
         logger.exception("analytics: buffer unavailable; %d event(s) refused", len(batch))
         return _error(503, "buffer unavailable, try again later")

@@ -118,10 +118,28 @@ def database_config(env: Env, *, embedded: bool) -> dict:
             # Row claims and SKIP LOCKED behave as expected only under READ COMMITTED.
             "isolation_level": "read committed",
             "connect_timeout": env.int("DB_CONNECT_TIMEOUT", 5, min_value=1),
+            **database_tls_options(env),
         },
         "TEST": {"NAME": env.str("DB_TEST_NAME", "test_" + env.str("DB_NAME", "nextevent")),
                  "CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"},
     }
+
+
+def database_tls_options(env: Env) -> dict:
+    """DB_SSL_CA (verify the server), DB_SSL_CERT / DB_SSL_KEY (client certificate, for users
+    created REQUIRE X509). Files must exist at start-up; the error names the variable."""
+    from nextevent.redis_sentinel import readable_file
+
+    ssl = {}
+    for name, key in (("DB_SSL_CA", "ca"), ("DB_SSL_CERT", "cert"), ("DB_SSL_KEY", "key")):
+        path = env.str(name, "")
+        if path:
+            ssl[key] = readable_file(name, path)
+    if ("cert" in ssl) != ("key" in ssl):
+        raise ConfigError("DB_SSL_CERT and DB_SSL_KEY go together: set both or neither")
+    if ssl and "ca" not in ssl:
+        raise ConfigError("DB_SSL_CERT needs DB_SSL_CA: the server's certificate must be verified")
+    return {"ssl": ssl} if ssl else {}
 
 
 def _redis_retry():

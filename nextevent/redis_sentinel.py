@@ -84,6 +84,17 @@ def make_client(config: dict, sentinel: dict | None, **overrides) -> redis.Redis
     return Sentinel(sentinel["sentinels"], sentinel_kwargs=sentinel_kwargs, **kwargs).master_for(sentinel["master"])
 
 
+def settings_hint() -> str:
+    """Which variables to check when Redis cannot be reached, for one-line start-up errors."""
+    from django.conf import settings
+
+    if getattr(settings, "REDIS_SENTINEL", None):
+        return ("check REDIS_SENTINELS (are the sentinels up?), REDIS_SENTINEL_MASTER (the name in their "
+                "`sentinel monitor` line), REDIS_SENTINEL_PASSWORD, REDIS_PASSWORD, REDIS_DB")
+    tls = ", REDIS_TLS_CA, REDIS_TLS_CERT, REDIS_TLS_KEY" if settings.REDIS.get("ssl") else ""
+    return f"check REDIS_HOST, REDIS_PORT, REDIS_USERNAME, REDIS_PASSWORD, REDIS_DB{tls} and that the server is running"
+
+
 def describe(config: dict, sentinel: dict | None) -> str:
     if sentinel:
         hosts = ",".join(f"{h}:{p}" for h, p in sentinel["sentinels"])
