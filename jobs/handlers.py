@@ -27,9 +27,12 @@ logger = logging.getLogger(__name__)
 
 
 def handle_news_scheduled_publisher(payload: NewsPublishPayload, job) -> str:
+    from jobs import clock
     from news.services import news_publish_scheduled
 
-    published, reason = news_publish_scheduled(news_id=payload.news_id, scheduled_at=payload.scheduled_at)
+    # "Due" by the database's clock, as the dispatcher decided it (jobs/clock.py).
+    published, reason = news_publish_scheduled(news_id=payload.news_id, scheduled_at=payload.scheduled_at,
+                                               now=clock.now())
     if not published:
         logger.info("job %s: news %s not published: %s", job.pk, payload.news_id, reason)
     return reason

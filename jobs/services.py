@@ -19,7 +19,7 @@ from django.db import IntegrityError, connection, models, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from jobs import broker
+from jobs import broker, clock
 from jobs.events import log_job_event
 from jobs.models import Job, JobState, QueuePause
 from jobs.errors import PayloadError
@@ -92,7 +92,7 @@ def job_create(*, job_type: str, payload, run_at: datetime | None = None,
     queue = queue or jt.queue
     if queue not in QUEUES:
         raise ValueError(f"queue: unknown queue {queue!r}; known: {', '.join(QUEUES)}")
-    now = timezone.now()
+    now = clock.now()  # the database's clock: `delay` and due-ness agree on every host
     run_at = _resolve_run_at(run_at, delay, now)
     timeout = _resolve_timeout(jt, timeout)
     if unique_key is not None and not (0 < len(unique_key) <= 191):
@@ -140,7 +140,7 @@ def job_create_many(*, job_type: str, payloads: list, run_at: datetime | None = 
             datas.append(validate_payload(jt, payload))
         except PayloadError as exc:
             raise PayloadError(f"payloads[{index}].{exc.field}", exc.detail) from None
-    now = timezone.now()
+    now = clock.now()  # the database's clock: `delay` and due-ness agree on every host
     run_at = _resolve_run_at(run_at, delay, now)
     due = run_at <= now and not is_queue_paused(jt.queue)
     with transaction.atomic():

@@ -1,0 +1,66 @@
+"""The database's clock, for deciding what is due.
+
+Several qcluster hosts run dispatchers; if each compared run_at with its own clock, a host
+whose clock runs ahead by S seconds would start jobs S seconds early. Every dispatcher reads
+"now" as the database server's clock instead: the offset between this host and the database
+is measured (one SELECT, corrected by half its round trip) at start and every
+OFFSET_REFRESH_SECONDS, so a job becomes due at the same instant whichever host looks.
+Remaining error: half a round trip plus the drift between two measurements (milliseconds)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import datetime, timedelta, timezone as dt_timezone
+
+from django.db import connection
+from django.utils import timezone
+
+logger = logging.getLogger(__name__)
+
+OFFSET_REFRESH_SECONDS = 30.0
+# Logged when this host's clock differs from the database's by more than this.
+SKEW_WARNING_SECONDS = 1.0
+
+_lock = threading.Lock()
+_offset = timedelta(0)
+_next_measure = 0.0  # time.monotonic(): immune to the wall clock being stepped
+
+
+def now() -> datetime:
+    """The current time by the database's clock (aware, UTC)."""
+    global _next_measure
+    if time.monotonic() >= _next_measure:
+        with _lock:
+            if time.monotonic() >= _next_measure:
+                _measure()
+                _next_measure = time.monotonic() + OFFSET_REFRESH_SECONDS
+    return timezone.now() + _offset
+
+
+def offset() -> timedelta:
+    """Database clock minus this host's clock, as last measured."""
+    return _offset
+
+
+def _measure() -> None:
+    global _offset
+    if connection.vendor != "mysql":
+        return  # SQLite (embedded mode) is on this host: same clock
+    before = timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT UTC_TIMESTAMP(6)")
+        db_now = cursor.fetchone()[0].replace(tzinfo=dt_timezone.utc)
+    after = timezone.now()
+    new = db_now - (before + (after - before) / 2)
+    if abs(new.total_seconds()) > SKEW_WARNING_SECONDS and abs((new - _offset).total_seconds()) > 0.5:
+        logger.warning("clock: this host's clock is %+.3f s off the database's; due jobs are timed by the "
+                       "database's clock (fix NTP on this host)", -new.total_seconds())
+    _offset = new
+
+
+def reset() -> None:
+    """Measure again on the next call (tests; after a fork)."""
+    global _next_measure
+    _next_measure = 0.0
