@@ -87,3 +87,18 @@ def test_forwarded_proto_is_trusted_only_from_the_proxy(gunicorn):
     untrusted = gunicorn(DJANGO_HTTPS="1", GUNICORN_FORWARDED_ALLOW_IPS="192.0.2.1")
     status, headers, _ = fetch(untrusted.url + "/admin/login/", headers={"X-Forwarded-Proto": "https"})
     assert status == 301 and headers["Location"].startswith("https://")
+
+
+def test_gunicorn_tells_systemd_it_is_ready(gunicorn, tmp_path):
+    """nextevent-web.service is Type=notify: systemd waits for READY=1 on $NOTIFY_SOCKET."""
+    import socket
+
+    path = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(path)
+        sock.settimeout(60)
+        gunicorn(NOTIFY_SOCKET=path)
+        messages = []
+        while not any(m.startswith("READY=1") for m in messages):
+            messages.append(sock.recv(4096).decode())
+    assert any(m.startswith("READY=1") for m in messages), messages
