@@ -37,8 +37,10 @@ def test_sigterm_to_every_process_like_control_group(start_cluster):
     job = Job.objects.get(pk=job_id)
     print(f"\ncontrol-group-like SIGTERM to {n} processes: supervisor exit {rc} after {took:.1f} s; "
           f"job {job.state} attempts {job.attempts}")
-    # The worker died with its job: no grace, the attempt is spent, and the job waits for its
-    # lease to run out (JOBS_LEASE_SECONDS) on another cluster. With KillMode=mixed (SIGTERM to
-    # the supervisor alone, tests/test_engine_workers.py::test_sigterm_to_the_process_group_...)
+    # The 4-second job is cut short although the grace (10 s in tests) would have let it
+    # finish: its worker got SIGTERM too. Seen both ways: the supervisor exits at once and the
+    # job stays active until its lease (JOBS_LEASE_SECONDS) runs out, attempt spent; or the
+    # supervisor waits out the grace and puts it back. With KillMode=mixed (SIGTERM to the
+    # supervisor alone; tests/test_engine_workers.py::test_sigterm_to_the_process_group_...)
     # the same job completes within the grace.
-    assert job.state != JobState.COMPLETED and job.attempts == 1
+    assert job.state != JobState.COMPLETED, f"{job.state} after {took:.1f} s"
