@@ -97,7 +97,10 @@ def main() -> None:
             print(f"gunicorn: {args.workers} sync workers (deploy/gunicorn.conf.py), {args.clients} client "
                   f"processes on the same machine, {args.seconds:g} s per figure, loopback")
             for per_request in (1, 1000):
-                print(json.dumps(run(server.port, per_request, args.clients, args.seconds)))
+                result = run(server.port, per_request, args.clients, args.seconds)
+                # Other work on the machine shows here: the figures are only as good as this.
+                result["load_average_1min"] = round(os.getloadavg()[0], 2)
+                print(json.dumps(result))
         finally:
             server.stop()
             get_redis().delete(STREAM_KEY)
