@@ -10,6 +10,7 @@ that counted it commits.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -101,12 +102,9 @@ def record_event(*, news_id: int, event_type: str, user_id: int | str | None = N
     fields = validate_event(news_id, event_type, user_id, metadata)
     if not _length_check_due(1) and not settings.ANALYTICS_WAIT_REPLICAS:
         return get_redis().xadd(STREAM_KEY, fields).decode()
-    pipe = get_redis().pipeline(transaction=False)
-    pipe.xadd(STREAM_KEY, fields)
-    pipe.xlen(STREAM_KEY)
-    results = ensure_replicated(pipe, 1)
-    _after_length_check(results[1])
-    return results[0].decode()
+    ids, length = append_entries([fields])
+    _after_length_check(length)
+    return ids[0].decode()
 
 
 def record_events(events: list[dict]) -> int:
@@ -121,12 +119,8 @@ def record_events(events: list[dict]) -> int:
     entries = [_fields_of(event, i) for i, event in enumerate(events)]
     if not entries:
         return 0
-    pipe = get_redis().pipeline(transaction=False)
-    for fields in entries:
-        pipe.xadd(STREAM_KEY, fields)
-    pipe.xlen(STREAM_KEY)
-    results = ensure_replicated(pipe, len(entries))
-    _after_length_check(results[len(entries)])
+    _, length = append_entries(entries)
+    _after_length_check(length)
     return len(entries)
 
 
@@ -152,19 +146,35 @@ class NotReplicated(redis.RedisError):
     if they survive, a retry counts them twice)."""
 
 
-def ensure_replicated(pipe, count: int) -> list:
-    """Run the pipeline; with ANALYTICS_WAIT_REPLICAS > 0, in the same round trip WAIT until
-    that many replicas hold the writes (at most ANALYTICS_WAIT_TIMEOUT_MS) and raise
-    NotReplicated if fewer did. Without it, an acknowledged event that had not reached a
-    replica when the master died is lost in the failover, silently."""
+def append_entries(entries: list[dict]) -> tuple[list[bytes], int]:
+    """XADD every entry and read XLEN in one round trip, all or nothing: inside MULTI/EXEC, so
+    a Redis that refuses one write (full under noeviction: OOM) writes none of them, and a
+    refused batch can be retried without counting part of it twice. With
+    ANALYTICS_WAIT_REPLICAS > 0, WAIT follows on the same connection (WAIT counts this
+    connection's writes) and NotReplicated is raised if fewer replicas confirmed in time.
+    Without it, an acknowledged event that had not reached a replica when the master died is
+    lost in the failover, silently. Returns (entry ids, stream length)."""
+    pipe = get_redis().pipeline(transaction=False)
+    pipe.execute_command("MULTI")
+    for fields in entries:
+        pipe.execute_command("XADD", STREAM_KEY, "*", *itertools.chain.from_iterable(fields.items()))
+    pipe.execute_command("XLEN", STREAM_KEY)
+    pipe.execute_command("EXEC")
     wanted = settings.ANALYTICS_WAIT_REPLICAS
     if wanted:
         pipe.execute_command("WAIT", wanted, settings.ANALYTICS_WAIT_TIMEOUT_MS)
-    results = pipe.execute()
+    results = pipe.execute(raise_on_error=False)
+    # [OK, QUEUED..., EXEC's list or its abort, (WAIT)]: a refused XADD is the real reason.
+    for reply in results:
+        if isinstance(reply, Exception) and not isinstance(reply, redis.exceptions.ExecAbortError):
+            raise reply
+    exec_reply = results[len(entries) + 2]
+    if isinstance(exec_reply, Exception):
+        raise exec_reply
     if wanted and int(results[-1]) < wanted:
-        raise NotReplicated(f"{count} event(s) written but confirmed by {results[-1]} of {wanted} replica(s) "
+        raise NotReplicated(f"{len(entries)} event(s) written but confirmed by {results[-1]} of {wanted} replica(s) "
                             f"within {settings.ANALYTICS_WAIT_TIMEOUT_MS} ms (ANALYTICS_WAIT_REPLICAS)")
-    return results
+    return exec_reply[:-1], int(exec_reply[-1])
 
 
 # ---------------------------------------------------------------- the threshold
