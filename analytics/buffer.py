@@ -37,6 +37,12 @@ class RateLimited(BufferRefused):
     status = 429
 
 
+class NotReplicated(redis.RedisError):
+    """The events are on the master but fewer replicas than ANALYTICS_WAIT_REPLICAS confirmed
+    them in time: a failover now would lose them. The caller should retry (if they survive,
+    a retry counts them twice: at least once, not exactly once)."""
+
+
 def buffer_redis() -> redis.Redis:
     """The client for the buffer: settings.ANALYTICS_REDIS (a URL and an optional
     password) or, when that is None, the project's Redis."""
@@ -145,7 +151,21 @@ def append(stream_key: str, entries: list[dict], *, rate_key: str | None = None,
         for name, value in fields.items():
             argv += (name, value)
     client = buffer_redis()
-    code, value, last = _script()(keys=[stream_key, rate_key or "", BYTES_KEY], args=argv, client=client)
+    wanted = settings.ANALYTICS_WAIT_REPLICAS
+    if not wanted:
+        code, value, last = _script()(keys=[stream_key, rate_key or "", BYTES_KEY], args=argv, client=client)
+    else:
+        # WAIT counts the writes of its own connection: the script and WAIT go down one
+        # connection in one pipeline. Without it, an acknowledged event that had not reached
+        # a replica when the master died is lost in the failover, silently.
+        pipe = client.pipeline(transaction=False)
+        _script()(keys=[stream_key, rate_key or "", BYTES_KEY], args=argv, client=pipe)
+        pipe.execute_command("WAIT", wanted, settings.ANALYTICS_WAIT_TIMEOUT_MS)
+        (code, value, last), confirmed = pipe.execute()
+        if code >= 0 and int(confirmed) < wanted:
+            raise NotReplicated(f"{len(entries)} event(s) written but confirmed by {confirmed} of {wanted} "
+                                f"replica(s) within {settings.ANALYTICS_WAIT_TIMEOUT_MS} ms "
+                                "(ANALYTICS_WAIT_REPLICAS)")
     if code == -1:
         raise BufferFull(f"the analytics buffer holds {value} events (limit {settings.ANALYTICS_BUFFER_MAX_EVENTS}); "
                          "try again later", settings.ANALYTICS_BUFFER_RETRY_AFTER)

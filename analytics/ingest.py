@@ -18,6 +18,7 @@ import time
 from django.conf import settings
 
 from analytics import buffer
+from analytics.buffer import NotReplicated  # noqa: F401 - re-exported: the API's names
 from analytics.scheduling import enqueue_analytics_batch
 from analytics.known_news import existing_news_ids
 from analytics.ratelimit import events_key

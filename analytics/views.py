@@ -22,7 +22,7 @@ from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from analytics.buffer import BufferRefused
+from analytics.buffer import BufferRefused, NotReplicated
 from analytics.ingest import EventError, record_client_events
 from analytics.ratelimit import check_request, client_address
 from analytics.validation import refuse_json_constant
@@ -115,6 +115,9 @@ def events(request):
     except BufferRefused as exc:
         _log_throttled(type(exc).__name__, "analytics: %d event(s) from %s refused: %s", len(batch), client, exc)
         return _error(exc.status, str(exc), retry_after=exc.retry_after)
+    except NotReplicated as exc:
+        _log_throttled("not_replicated", "analytics: %s", exc)
+        return _error(503, f"{exc}; retry", retry_after=settings.ANALYTICS_BUFFER_RETRY_AFTER)
     except (redis.RedisError, DatabaseError):
         _log_throttled("unavailable", "analytics: buffer or news lookup unavailable; %d event(s) refused", len(batch),
                        exc_info=True)

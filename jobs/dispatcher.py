@@ -258,9 +258,12 @@ class Dispatcher:
         return False
 
     def tick(self) -> bool:
-        forwarded = forward_due()
+        from jobs import clock
+
+        # Due-ness by the database's clock, the same for every host (jobs/clock.py).
+        forwarded = forward_due(now=clock.now())
         if self._every("schedules", 0.2):
-            fire_schedules()
+            fire_schedules(now=clock.now())
         if self._every("reap", 1.0):
             reap_expired_leases()
         if self._every("repush", 2.0):

@@ -20,12 +20,13 @@ def check_redis(timeout: float = PROBE_TIMEOUT) -> None:
     shared client (nextevent.redis.get_redis) retries with backoff, far longer on a silent
     host: too slow for a probe or a scrape. Same connection settings (settings.REDIS), one
     attempt, closed at once."""
-    import redis
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    client = redis.Redis(**{**settings.REDIS, "socket_connect_timeout": timeout, "socket_timeout": timeout,
-                            "retry": Retry(NoBackoff(), 0)})
+    from nextevent.redis import make_client
+
+    # Through the sentinels when REDIS_SENTINELS is set, so "Redis" means the current master.
+    client = make_client(socket_connect_timeout=timeout, socket_timeout=timeout, retry=Retry(NoBackoff(), 0))
     try:
         client.ping()
     finally:

@@ -310,6 +310,7 @@ def check_services() -> str | None:
     try:
         get_redis().ping()
     except Exception as exc:
-        return (f"cannot reach Redis at {describe_redis(settings.REDIS)}: {exc} "
-                "(check REDIS_HOST, REDIS_PORT, REDIS_PASSWORD, REDIS_DB and that the server is running)")
+        from nextevent.redis_sentinel import settings_hint
+
+        return f"cannot reach Redis at {describe_redis(settings.REDIS)}: {exc} ({settings_hint()})"
     return None

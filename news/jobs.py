@@ -8,6 +8,7 @@ import logging
 from django.db.models import Q
 from django.utils import timezone
 
+from jobs import clock
 from jobs.models import Job
 from jobs.registry import job_type, periodic
 from news.models import News, NewsStatus
@@ -30,7 +31,9 @@ SWEEP_MAX_PAGES = 40  # 20,000 due items looked at per run at most
 @job_type(NEWS_SCHEDULED_PUBLISHER, queue="news", timeout=60, max_retries=3, payload=NewsPublishPayload,
           subject="news:{news_id}", description="publish a news item at its time")
 def handle_news_scheduled_publisher(payload: NewsPublishPayload, job) -> str:
-    published, reason = news_publish_scheduled(news_id=payload.news_id, scheduled_at=payload.scheduled_at)
+    # "Due" by the database's clock, as the dispatcher decided it (jobs/clock.py).
+    published, reason = news_publish_scheduled(news_id=payload.news_id, scheduled_at=payload.scheduled_at,
+                                               now=clock.now())
     if not published:
         logger.info("job %s: news %s not published: %s", job.pk, payload.news_id, reason)
     return reason

@@ -120,10 +120,28 @@ def database_config(env: Env, *, embedded: bool) -> dict:
             # Row claims and SKIP LOCKED behave as expected only under READ COMMITTED.
             "isolation_level": "read committed",
             "connect_timeout": env.int("DB_CONNECT_TIMEOUT", 5, min_value=1),
+            **database_tls_options(env),
         },
         "TEST": {"NAME": env.str("DB_TEST_NAME", "test_" + env.str("DB_NAME", "nextevent")),
                  "CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"},
     }
+
+
+def database_tls_options(env: Env) -> dict:
+    """DB_SSL_CA (verify the server), DB_SSL_CERT / DB_SSL_KEY (client certificate, for users
+    created REQUIRE X509). Files must exist at start-up; the error names the variable."""
+    from nextevent.redis_sentinel import readable_file
+
+    ssl = {}
+    for name, key in (("DB_SSL_CA", "ca"), ("DB_SSL_CERT", "cert"), ("DB_SSL_KEY", "key")):
+        path = env.str(name, "")
+        if path:
+            ssl[key] = readable_file(name, path)
+    if ("cert" in ssl) != ("key" in ssl):
+        raise ConfigError("DB_SSL_CERT and DB_SSL_KEY go together: set both or neither")
+    if ssl and "ca" not in ssl:
+        raise ConfigError("DB_SSL_CERT needs DB_SSL_CA: the server's certificate must be verified")
+    return {"ssl": ssl} if ssl else {}
 
 
 def _redis_retry():
@@ -153,6 +171,13 @@ def redis_config(env: Env, *, embedded: bool) -> dict:
     password = env.str("REDIS_PASSWORD", "")
     if password:
         config["password"] = password
+    # An ACL user (deploy/redis.conf); without it AUTH uses the default user.
+    username = env.str("REDIS_USERNAME", "")
+    if username:
+        config["username"] = username
+    from nextevent.redis_sentinel import tls_options
+
+    config.update(tls_options(env))
     return config
 
 
@@ -181,9 +206,11 @@ def meta_header_name(env: Env, name: str) -> str:
 
 
 def describe_redis(config: dict) -> str:
-    if "unix_socket_path" in config:
-        return f"unix:{config['unix_socket_path']}"
-    return f"{config['host']}:{config['port']}/{config['db']}"
+    from django.conf import settings
+
+    from nextevent.redis_sentinel import describe
+
+    return describe(config, getattr(settings, "REDIS_SENTINEL", None))
 
 
 SECRET_KEY_MIN_LENGTH = 50

@@ -12,7 +12,14 @@ from django.conf import settings
 @functools.lru_cache(maxsize=1)
 def get_redis() -> redis.Redis:
     # redis-py's pool notices a fork and reconnects, so one client per process is safe.
-    return redis.Redis(**settings.REDIS)
+    return make_client()
+
+
+def make_client(**overrides) -> redis.Redis:
+    """A new client on settings.REDIS, or on the master the sentinels name (REDIS_SENTINELS)."""
+    from nextevent.redis_sentinel import make_client as _make
+
+    return _make(settings.REDIS, settings.REDIS_SENTINEL, **overrides)
 
 
 def queue_key(queue: str) -> str:

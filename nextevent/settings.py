@@ -19,6 +19,7 @@ from nextevent.config import (
     read_dotenv,
     redis_config,
 )
+from nextevent.redis_sentinel import sentinel_config
 
 read_dotenv()
 env = Env()
@@ -73,6 +74,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Serves STATIC_ROOT (filled by `collectstatic`) from gunicorn itself (issue 14).
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -108,7 +111,7 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "var" / "static"
+STATIC_ROOT = env.str("STATIC_ROOT", str(BASE_DIR / "var" / "static"))
 
 # Request bodies: the analytics endpoint takes batches of up to 1,000 events.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", 5 * 1024 * 1024, min_value=1024)
@@ -117,9 +120,11 @@ SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
 
 # --- HTTPS (production defaults; `manage.py check --deploy` passes with them) ---
-# Behind a proxy that terminates TLS, name the header it sets, e.g. "X-Forwarded-Proto"
-# (value https) or "X-Forwarded-Proto: https". Only if the proxy always sets or overwrites it:
-# otherwise a client could claim HTTPS.
+# Behind gunicorn (deploy/gunicorn.conf.py) leave DJANGO_SECURE_PROXY_SSL_HEADER unset:
+# gunicorn takes the scheme from X-Forwarded-Proto only on connections from its
+# forwarded_allow_ips. Under another server behind a TLS proxy, name the header the proxy
+# sets, e.g. "X-Forwarded-Proto" (value https) or "X-Forwarded-Proto: https", and only if the
+# proxy always sets or overwrites it: otherwise a client could claim HTTPS.
 SECURE_PROXY_SSL_HEADER = proxy_ssl_header(env.str("DJANGO_SECURE_PROXY_SSL_HEADER", ""))
 SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", PRODUCTION)
 # Probes and scrapers often call over plain HTTP inside the network: no redirect for them.
@@ -135,6 +140,8 @@ SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
 
 # --- Redis: one set of connection keywords for every client in the project ---
 REDIS = redis_config(env, embedded=EMBEDDED)
+# Sentinels that name the master (REDIS_SENTINELS); None: REDIS's host and port (issue 14).
+REDIS_SENTINEL = None if EMBEDDED else sentinel_config(env)
 
 # --- Job engine (jobs/) ---
 # Worker processes per queue. The seed's Asynq weights (critical 6, news 3, wechat 2,
@@ -175,6 +182,9 @@ Q_CLUSTER = {
     "name": "nextevent",
     "workers": 1,
     "redis": REDIS,
+    # Same as django-q2's Redis broker, but connected through nextevent.redis_sentinel, so it
+    # follows REDIS_SENTINELS and REDIS_TLS like every other client.
+    "broker_class": "jobs.brokers.ProjectRedisBroker",
     # The engine's dispatcher drives Schedule rows every second; django-q2's own 30 s tick is off.
     "scheduler": False,
     "catch_up": False,
@@ -320,6 +330,10 @@ ANALYTICS_BATCH_MAX_SECONDS = env.float("ANALYTICS_BATCH_MAX_SECONDS", 120, min_
 # they have been idle this long. Must exceed the time one chunk takes to commit.
 ANALYTICS_CLAIM_IDLE_SECONDS = env.float("ANALYTICS_CLAIM_IDLE_SECONDS", 30, min_value=0)
 ANALYTICS_RAW_RETENTION_DAYS = env.int("ANALYTICS_RAW_RETENTION_DAYS", 30, min_value=1)
+# Replicas that must hold an event before ingest answers (Redis WAIT, issue 14). 0: answer
+# once the master has it; a failover can then lose the events not yet replicated.
+ANALYTICS_WAIT_REPLICAS = env.int("ANALYTICS_WAIT_REPLICAS", 0, min_value=0, max_value=16)
+ANALYTICS_WAIT_TIMEOUT_MS = env.int("ANALYTICS_WAIT_TIMEOUT_MS", 100, min_value=1)
 ANALYTICS_HTTP_MAX_BYTES = env.int("ANALYTICS_HTTP_MAX_BYTES", 1024 * 1024, min_value=1024)
 # The buffer on its own Redis (None: the project's Redis). See readme: Analytics security.
 ANALYTICS_REDIS = analytics_redis_config(env)

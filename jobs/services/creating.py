@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from jobs import broker
+from jobs import broker, clock
 from jobs.errors import PayloadError
 from jobs.events import log_job_event
 from jobs.models import Job, JobState
@@ -64,7 +64,7 @@ def job_create(*, job_type: str, payload, run_at: datetime | None = None,
     jt = get_job_type(job_type)
     data = validate_payload(jt, payload)
     queue = check_queue(queue or jt.queue)
-    now = timezone.now()
+    now = clock.now()  # the database's clock: `delay` and due-ness agree on every host
     run_at = _resolve_run_at(run_at, delay, now)
     timeout = _resolve_timeout(jt, timeout)
     if unique_key is not None and not (0 < len(unique_key) <= 191):
@@ -111,7 +111,7 @@ def job_create_many(*, job_type: str, payloads: list, run_at: datetime | None = 
             datas.append(validate_payload(jt, payload))
         except PayloadError as exc:
             raise PayloadError(f"payloads[{index}].{exc.field}", exc.detail) from None
-    now = timezone.now()
+    now = clock.now()  # the database's clock: `delay` and due-ness agree on every host
     run_at = _resolve_run_at(run_at, delay, now)
     due = run_at <= now and not is_queue_paused(jt.queue)
     with transaction.atomic():
