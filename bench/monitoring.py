@@ -63,7 +63,8 @@ def fill(completed: int, scheduled: int) -> float:
             f"INSERT INTO jobs_job ({columns}) "
             f"SELECT {_elt(0)}, {_elt(1)}, '{{}}', IF(seq % 300 = 0, 'dead', 'completed'), 1, 3, 60, "
             "t - INTERVAL (seq % 1000) * 1000 MICROSECOND - INTERVAL (seq % 97) * 1000 MICROSECOND, "
-            "t - INTERVAL 2 SECOND, t - INTERVAL (seq % 1000) * 1000 MICROSECOND - INTERVAL (seq % 97) * 1000 MICROSECOND, "
+            "t - INTERVAL 2 SECOND, "
+            "t - INTERVAL (seq % 1000) * 1000 MICROSECOND - INTERVAL (seq % 97) * 1000 MICROSECOND, "
             "t - INTERVAL (seq % 1000) * 1000 MICROSECOND, t, NULL, 'bench:1', NULL, NULL, "
             "IF(seq % 300 = 0, 'RuntimeError: bench', ''), '[]', '', '', '' "
             f"FROM (SELECT seq, @now - INTERVAL {WINDOW_US} MICROSECOND + INTERVAL (seq * {step}) MICROSECOND AS t "
@@ -181,7 +182,8 @@ def main():
         ("jobs_stats", "manage.py jobs stats", lambda: call_command("jobs", "stats", stdout=open(os.devnull, "w"))),
         ("metrics", "/metrics scrape, uncached", lambda: monitoring_metrics.render("", cache_seconds=0)),
         ("changelist", "GET /admin/jobs/job/", lambda: get("/admin/jobs/job/")),
-        ("changelist_dead", "GET /admin/jobs/job/?state__exact=dead", lambda: get("/admin/jobs/job/?state__exact=dead")),
+        ("changelist_dead", "GET /admin/jobs/job/?state__exact=dead",
+         lambda: get("/admin/jobs/job/?state__exact=dead")),
         ("forward_due", "forward_due() pass, nothing due", lambda: dispatcher.forward_due()),
     ]
     for key, label, func in figures:

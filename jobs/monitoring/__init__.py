@@ -1,7 +1,8 @@
 """Read-only views of the job system for people and machines: per-queue counts, throughput,
 lateness, failures and liveness. Used by `manage.py jobs`, the admin dashboard, /readyz
 and /metrics. Every query is bounded (a time window, a LIMIT, or an index-only COUNT by
-state), so a large ledger does not make a scrape or a page slow.
+queue and state), and finished jobs are read from their per-minute roll-up (rollup.py) plus
+the last few minutes of the ledger, so a large ledger does not make a scrape or a page slow.
 
 Acting on jobs (retry, cancel, delete, pause, resume) stays in jobs/services.py."""
 
@@ -203,11 +204,6 @@ class Bucket:
     @property
     def processed(self) -> int:
         return self.completed + self.failed
-
-
-def HoursSince(origin: datetime, expression) -> rollup.UnitsSince:  # noqa: N802 (was a class here)
-    """Whole hours from `origin` to a datetime column, in SQL (jobs/monitoring/rollup.py)."""
-    return rollup.UnitsSince("HOUR", origin, expression)
 
 
 def throughput(now: datetime | None = None) -> dict[str, list[Bucket]]:

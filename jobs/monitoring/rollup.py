@@ -235,7 +235,8 @@ def _add_ledger(out: dict[Key, Totals], since: datetime, until: datetime | None,
     if histograms:
         qs = _with_timings(qs)
     for row in qs.values("queue", "job_type", "state").order_by().annotate(**_ledger_aggregates(histograms)):
-        out.setdefault((row["queue"], row["job_type"], row["state"]), Totals()).add(**_ledger_row_totals(row, histograms))
+        key = (row["queue"], row["job_type"], row["state"])
+        out.setdefault(key, Totals()).add(**_ledger_row_totals(row, histograms))
 
 
 def totals(since: datetime, now: datetime | None = None, *, histograms: bool = False) -> dict[Key, Totals]:
