@@ -35,7 +35,6 @@ class EstimatedCountPaginator(Paginator):
             return exact
         return max(exact, self._explain_rows(qs))
 
-
     index_hint = None  # set by JobAdmin.get_paginator for a list filtered by state
 
     def page(self, number):
