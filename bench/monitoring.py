@@ -8,7 +8,8 @@ Uses its own database (DB_NAME, default nextevent_bench10m) and Redis db (REDIS_
 4). The ledger is filled once (kept between runs, --refill to redo it) with one
 `INSERT ... SELECT` from MariaDB's sequence engine: `--completed` finished jobs spread evenly
 over the 7-day retention window (0.3 % of them dead) and `--scheduled` jobs due 30 days and
-more ahead. Then, each the mean of 3 runs after a warm-up:
+more ahead (the secondary indexes dropped first and built afterwards, in one ALTER). Then,
+each the mean of 3 runs after a warm-up:
 
 - GET /admin/jobs/dashboard/, `manage.py jobs stats`, a /metrics scrape with no cache;
 - GET /admin/jobs/job/ (the change list), unfiltered and filtered to dead;
@@ -56,9 +57,16 @@ def fill(completed: int, scheduled: int) -> float:
         cursor.execute("SELECT * FROM seq_1_to_3")  # the sequence engine must be there
         assert len(cursor.fetchall()) == 3
         cursor.execute("TRUNCATE TABLE jobs_job")
+        # The secondary indexes are built after the rows, each in one sorted pass, rather than
+        # row by row through a small buffer pool.
+        cursor.execute("SELECT INDEX_NAME, NON_UNIQUE, GROUP_CONCAT(COLUMN_NAME ORDER BY SEQ_IN_INDEX) "
+                       "FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() "
+                       "AND TABLE_NAME = 'jobs_job' AND INDEX_NAME <> 'PRIMARY' GROUP BY INDEX_NAME, NON_UNIQUE")
+        secondary = cursor.fetchall()
+        if secondary:
+            cursor.execute("ALTER TABLE jobs_job " + ", ".join(f"DROP INDEX `{name}`" for name, _, _ in secondary))
         cursor.execute("SET @now = UTC_TIMESTAMP(6)")
-        # finished_at grows with the id, so every index is filled in order (no random I/O);
-        # durations 0-999 ms, lateness 0-96 ms.
+        # finished_at grows with the id, as in a real ledger; durations 0-999 ms, lateness 0-96 ms.
         cursor.execute(
             f"INSERT INTO jobs_job ({columns}) "
             f"SELECT {_elt(0)}, {_elt(1)}, '{{}}', IF(seq % 300 = 0, 'dead', 'completed'), 1, 3, 60, "
@@ -74,8 +82,15 @@ def fill(completed: int, scheduled: int) -> float:
             f"SELECT {_elt(0)}, {_elt(1)}, '{{}}', 'scheduled', 0, 3, 60, "
             "@now + INTERVAL 30 DAY + INTERVAL seq SECOND, @now, NULL, NULL, NULL, NULL, '', NULL, NULL, '', '[]', "
             f"'', '', '' FROM seq_1_to_{scheduled}")
+        inserted = time.monotonic()
+        print(f"inserted {completed + scheduled:,} rows in {inserted - started:.0f} s", flush=True)
+        if secondary:
+            cursor.execute("ALTER TABLE jobs_job " + ", ".join(
+                f"ADD {'INDEX' if non_unique else 'UNIQUE INDEX'} `{name}` ("
+                + ", ".join(f"`{c}`" for c in cols.split(",")) + ")" for name, non_unique, cols in secondary))
         cursor.execute("ANALYZE TABLE jobs_job")
         cursor.fetchall()
+    print(f"secondary indexes built in {time.monotonic() - inserted:.0f} s", flush=True)
     return time.monotonic() - started
 
 
