@@ -77,6 +77,19 @@ def queue_health(now: datetime | None = None) -> dict[str, dict]:
     return out
 
 
+def _roll_up() -> dict:
+    """Roll the closed minutes' finished jobs up into JobStat (jobs/monitoring/rollup.py),
+    bounded per pass. A failure is logged, not a health problem: the views stay exact
+    without it (they read more of the ledger until the next pass catches up)."""
+    from jobs.monitoring import rollup
+
+    try:
+        return rollup.roll_up()
+    except Exception as exc:
+        logger.exception("health check: the monitoring roll-up failed")
+        return {"error": f"{type(exc).__name__}: {exc}"[:300]}
+
+
 @periodic("health_check", cron="* * * * * */30", queue="critical",
           description="every 30 seconds: MySQL, Redis and every queue; writes the health heartbeat")
 def health_check() -> str:
@@ -95,6 +108,8 @@ def health_check() -> str:
     if not problems:
         details["queues"] = queues = queue_health()
         problems.extend(b.summary for b in breaches(queues))
+    if details["database"] == "ok":
+        details["rollup"] = _roll_up()
     details["ok"] = not problems
     details["problems"] = problems
     details["took_ms"] = int((time.monotonic() - started) * 1000)

@@ -59,8 +59,12 @@ class Job(models.Model):
             models.Index(fields=["state", "lease_expires_at"], name="job_state_lease_idx"),
             # Re-push of lost wake-ups, stats per queue.
             models.Index(fields=["queue", "state", "dispatched_at"], name="job_queue_state_idx"),
-            # Cleanup and history.
+            # Cleanup, history and the per-minute roll-up (jobs/monitoring/rollup.py).
             models.Index(fields=["state", "finished_at"], name="job_state_finished_idx"),
+            # The admin's change list filtered by state or queue, newest first: an index
+            # walk that stops after a page instead of sorting every matching row.
+            models.Index(fields=["state", "id"], name="job_state_id_idx"),
+            models.Index(fields=["queue", "id"], name="job_queue_id_idx"),
         ]
 
     def __str__(self):
@@ -89,3 +93,41 @@ class Heartbeat(models.Model):
 
     def __str__(self):
         return f"{self.name} @ {self.seen_at}"
+
+
+class JobStat(models.Model):
+    """Jobs that finished (completed or dead) in one minute, by queue, type and final state:
+    the per-minute roll-up that history, "today", "last hour" and /metrics read instead of
+    the ledger (jobs/monitoring/rollup.py writes it; a minute is written once, when closed).
+    The histogram columns are cumulative counts per bound of jobs/monitoring/metrics.py's
+    DURATION_BUCKETS and LATENESS_BUCKETS, over the jobs with a started_at (`timed`)."""
+
+    minute = models.DateTimeField(help_text="Start of the minute the jobs finished in")
+    queue = models.CharField(max_length=32)
+    job_type = models.CharField(max_length=64)
+    state = models.CharField(max_length=16, choices=JobState.choices)
+    count = models.PositiveIntegerField(default=0)
+    timed = models.PositiveIntegerField(default=0, help_text="Of which started (duration and lateness known)")
+    duration_sum = models.FloatField(default=0.0)
+    lateness_sum = models.FloatField(default=0.0)
+    duration_buckets = models.JSONField(default=list, blank=True)
+    lateness_buckets = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["minute", "queue", "job_type", "state"],
+                                               name="jobstat_minute_key")]
+
+    def __str__(self):
+        return f"{self.minute:%Y-%m-%d %H:%M} {self.queue} {self.job_type} {self.state}: {self.count}"
+
+
+class JobStatMark(models.Model):
+    """How far the roll-up has gone: every job finished before `through` is in JobStat, and
+    nothing at or after it. One row; passes lock it, so two never count a minute twice."""
+
+    name = models.CharField(max_length=32, unique=True)
+    through = models.DateTimeField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self):
+        return f"{self.name} through {self.through}"

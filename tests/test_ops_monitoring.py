@@ -80,3 +80,14 @@ def test_timing_percentiles_measure_lateness_and_duration_per_queue():
     assert timings["wechat"]["duration"]["max"] == pytest.approx(30, abs=1e-3)
     assert timings["all"]["lateness"]["count"] == 6
     assert timings["default"]["lateness"] == {"count": 0, "p50": None, "p90": None, "p99": None, "max": None}
+
+
+def test_timing_percentiles_sample_the_most_recent_jobs_of_both_states():
+    # Completed jobs fill the sample; dead jobs newer than its oldest one belong in it, older ones not.
+    for ago, lateness in ((10, 0.1), (20, 0.2), (30, 0.3), (40, 0.4)):
+        make_job(state=JobState.COMPLETED, ago=ago, lateness=lateness)
+    make_job(state=JobState.DEAD, ago=15, lateness=7.0)  # among the 3 most recent
+    make_job(state=JobState.DEAD, ago=35, lateness=9.0)  # older than all of the sample
+    timings = monitoring.timing_percentiles(sample=3)["all"]["lateness"]
+    assert timings["count"] == 3
+    assert timings["max"] == pytest.approx(7.0, abs=1e-3) and timings["p50"] == pytest.approx(0.2, abs=1e-3)

@@ -1,7 +1,8 @@
 """Read-only views of the job system for people and machines: per-queue counts, throughput,
 lateness, failures and liveness. Used by `manage.py jobs`, the admin dashboard, /readyz
 and /metrics. Every query is bounded (a time window, a LIMIT, or an index-only COUNT by
-state), so a large ledger does not make a scrape or a page slow.
+queue and state), and finished jobs are read from their per-minute roll-up (rollup.py) plus
+the last few minutes of the ledger, so a large ledger does not make a scrape or a page slow.
 
 Acting on jobs (retry, cancel, delete, pause, resume) stays in jobs/services.py."""
 
@@ -13,11 +14,12 @@ from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 
 from django.conf import settings
-from django.db.models import Count, DateTimeField, F, Func, IntegerField, Min, Q, Value
+from django.db.models import Count, Min
 from django.dispatch import Signal
 from django.utils import timezone
 
 from jobs.models import Heartbeat, Job, JobState, QueuePause
+from jobs.monitoring import rollup
 from jobs.probes import check_redis
 from jobs.queues import QUEUES
 
@@ -26,7 +28,7 @@ logger = logging.getLogger(__name__)
 # States counted by queue everywhere: the live ones plus dead (which waits for a person).
 # Completed and cancelled rows are history: counted only over time windows.
 COUNTED_STATES = ("scheduled", "pending", "active", "retry", "dead")
-FINISHED_COUNTED = (JobState.COMPLETED, JobState.DEAD)
+FINISHED_COUNTED = rollup.FINISHED_COUNTED
 DISPATCHER_ALIVE_SECONDS = 15  # dispatchers write their heartbeat every 5 s
 DISPATCHER_SHOWN_SECONDS = 3600  # older rows are processes long gone
 LATENESS_WINDOW = timedelta(hours=24)
@@ -41,9 +43,12 @@ def local_day_start(now: datetime) -> datetime:
 
 
 def ledger_counts() -> dict[str, dict[str, int]]:
-    """{queue: {state: n}} for COUNTED_STATES; every known queue present."""
+    """{queue: {state: n}} for COUNTED_STATES; every known queue present. Naming the queues
+    makes it 25 ranges of the (queue, state, dispatched_at) index, read index-only: its cost
+    is the number of live and dead jobs, not the ledger's (without them MariaDB walks the
+    whole index, completed rows included)."""
     counts = {q: dict.fromkeys(COUNTED_STATES, 0) for q in QUEUES}
-    rows = (Job.objects.filter(state__in=COUNTED_STATES).values("queue", "state").order_by()
+    rows = (Job.objects.filter(queue__in=QUEUES, state__in=COUNTED_STATES).values("queue", "state").order_by()
             .annotate(n=Count("pk")))
     for row in rows:
         counts.setdefault(row["queue"], dict.fromkeys(COUNTED_STATES, 0))[row["state"]] = row["n"]
@@ -63,16 +68,17 @@ def oldest_pending(now: datetime) -> dict[str, float]:
 
 def finished_counts(now: datetime) -> dict[str, dict[str, int]]:
     """Per queue: completed and failed (dead) jobs finished in the last hour and today
-    (since local midnight). Conditional counts rather than GROUP BY queue: grouping makes
-    MariaDB walk the whole (queue, state, ...) index instead of the finished_at range."""
+    (since local midnight), from the per-minute roll-up plus the few minutes since it
+    (jobs/monitoring/rollup.py), so the cost does not grow with the ledger."""
     hour_ago = now - timedelta(hours=1)
     day_start = local_day_start(now)
-    windows = {"completed_1h": (JobState.COMPLETED, hour_ago), "failed_1h": (JobState.DEAD, hour_ago),
-               "completed_today": (JobState.COMPLETED, day_start), "failed_today": (JobState.DEAD, day_start)}
-    aggs = {f"{queue}|{key}": Count("pk", filter=Q(queue=queue, state=state, finished_at__gte=since))
-            for queue in QUEUES for key, (state, since) in windows.items()}
-    row = Job.objects.filter(state__in=FINISHED_COUNTED, finished_at__gte=min(hour_ago, day_start)).aggregate(**aggs)
-    return {queue: {key: row[f"{queue}|{key}"] for key in windows} for queue in QUEUES}
+    out = {queue: {"completed_1h": 0, "failed_1h": 0, "completed_today": 0, "failed_today": 0} for queue in QUEUES}
+    for suffix, since in (("1h", hour_ago), ("today", day_start)):
+        for (queue, _job_type, state), total in rollup.totals(since, now).items():
+            key = f"{'failed' if state == JobState.DEAD else 'completed'}_{suffix}"
+            if queue in out:
+                out[queue][key] += total.count
+    return out
 
 
 def pauses() -> dict[str, QueuePause]:
@@ -203,39 +209,16 @@ class Bucket:
         return self.completed + self.failed
 
 
-class HoursSince(Func):
-    """Whole hours from `origin` (a fixed moment) to a datetime column, computed in SQL so
-    that history can be grouped by hour without the database's time zone tables."""
-
-    output_field = IntegerField()
-
-    def __init__(self, origin: datetime, expression):
-        super().__init__(Value(origin, output_field=DateTimeField()), expression)
-
-    def as_mysql(self, compiler, connection, **extra):
-        return self.as_sql(compiler, connection, template="TIMESTAMPDIFF(HOUR, %(expressions)s)", **extra)
-
-    def as_sqlite(self, compiler, connection, **extra):
-        # julianday(origin) - julianday(value) is minus the days elapsed.
-        return self.as_sql(compiler, connection, arg_joiner=") - julianday(",
-                           template="CAST((julianday(%(expressions)s)) * -24 AS INTEGER)", **extra)
-
-
 def throughput(now: datetime | None = None) -> dict[str, list[Bucket]]:
     """Completed and failed (dead) jobs per hour over the last 24 hours and per local day over
-    the last 7 days: one GROUP BY over the (state, finished_at) index, by hours since local
-    midnight six days ago; the hours are then added up into local days here (so a day with
-    a daylight-saving change has its 23 or 25 hours)."""
+    the last 7 days: the per-minute roll-up (and the ledger for the minutes since it) summed
+    by hours since local midnight six days ago; the hours are then added up into local days
+    here (so a day with a daylight-saving change has its 23 or 25 hours)."""
     now = now or timezone.now()
     # Local midnight six days ago, then UTC: aware arithmetic below must be absolute hours,
     # not wall-clock ones (they differ across a daylight-saving change).
     origin = (local_day_start(now) - timedelta(days=6)).astimezone(dt_timezone.utc)
-    counts: dict[tuple[int, str], int] = {}
-    rows = (Job.objects.filter(state__in=FINISHED_COUNTED, finished_at__gte=origin, finished_at__lte=now)
-            .annotate(hour=HoursSince(origin, F("finished_at"))).values("hour", "state").order_by()
-            .annotate(n=Count("pk")))
-    for row in rows:
-        counts[(row["hour"], row["state"])] = row["n"]
+    counts = rollup.hourly_counts(origin, now)
 
     def hour_start(index: int) -> datetime:
         return timezone.localtime(origin + timedelta(hours=index))
@@ -279,12 +262,18 @@ def timing_percentiles(now: datetime | None = None, *, window: timedelta = LATEN
     finished within `window`."""
     now = now or timezone.now()
     rows = []
-    for state in FINISHED_COUNTED:
+    since = now - window
+    for state in (JobState.COMPLETED, JobState.DEAD):
         # One state at a time: each is a backward walk of the (state, finished_at) index that
         # stops at the LIMIT; both states in one query would sort the whole window.
-        rows += (Job.objects.filter(state=state, finished_at__gte=now - window, started_at__isnull=False)
-                 .order_by("-finished_at").values_list("queue", "run_at", "started_at", "finished_at")
-                 [:sample])
+        found = list(Job.objects.filter(state=state, finished_at__gte=since, started_at__isnull=False)
+                     .order_by("-finished_at").values_list("queue", "run_at", "started_at", "finished_at")
+                     [:sample])
+        rows += found
+        if len(found) == sample:
+            # A full sample of completed jobs: older dead ones cannot be among the `sample`
+            # most recent, so only the few newer ones are read (not a day of scattered rows).
+            since = max(since, found[-1][3])
     rows = sorted(rows, key=lambda r: r[3], reverse=True)[:sample]
     lateness: dict[str, list[float]] = {"all": []}
     duration: dict[str, list[float]] = {"all": []}

@@ -7,7 +7,8 @@ custom collector reads the truth from it, with bounded queries:
 
 - live counts by queue and state: an index-only COUNT grouped by (queue, state);
 - processed / failed / duration / lateness: jobs finished in the last WINDOW (one hour),
-  aggregated in one query over the (state, finished_at) index. These are gauges over a
+  from the per-minute roll-up (jobs/monitoring/rollup.py: JobStat rows, with the
+  histograms) plus the ledger's few minutes since it. These are gauges over a
   sliding window ("in the last hour"), and the histograms are gauge histograms: read them
   with histogram_quantile() directly, not with rate().
 """
@@ -20,51 +21,33 @@ import threading
 import time
 from datetime import timedelta
 
-from django.db.models import Count, DurationField, ExpressionWrapper, F, Q, Sum
 from django.utils import timezone
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 
 from jobs import monitoring
-from jobs.models import Heartbeat, Job, JobState
+from jobs.monitoring import rollup
+from jobs.models import Heartbeat, JobState
 from jobs.queues import QUEUES
 from jobs.registry import job_types
 
 logger = logging.getLogger(__name__)
 
 WINDOW = timedelta(hours=1)
-DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
-LATENESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900)
+DURATION_BUCKETS = rollup.DURATION_BUCKETS  # kept with the roll-up, which stores the histograms
+LATENESS_BUCKETS = rollup.LATENESS_BUCKETS
 
 
-def _seconds(value) -> float:
-    return value.total_seconds() if value is not None else 0.0
-
-
-def window_stats(now=None) -> list[dict]:
-    """One row per (queue, job_type, state) for jobs completed or dead within WINDOW: count,
-    duration and lateness sums and cumulative bucket counts."""
+def window_stats(now=None) -> dict[tuple[str, str, str], rollup.Totals]:
+    """(queue, job_type, state) -> Totals for jobs completed or dead within WINDOW: the
+    per-minute roll-up plus the ledger's last few minutes (jobs/monitoring/rollup.py)."""
     now = now or timezone.now()
-    duration = ExpressionWrapper(F("finished_at") - F("started_at"), output_field=DurationField())
-    lateness = ExpressionWrapper(F("started_at") - F("run_at"), output_field=DurationField())
-    aggs = {"n": Count("pk"), "d_sum": Sum("d"), "l_sum": Sum("l")}
-    for i, bound in enumerate(DURATION_BUCKETS):
-        aggs[f"d{i}"] = Count("pk", filter=Q(d__lte=timedelta(seconds=bound)))
-    for i, bound in enumerate(LATENESS_BUCKETS):
-        aggs[f"l{i}"] = Count("pk", filter=Q(l__lte=timedelta(seconds=bound)))
-    return list(
-        Job.objects.filter(state__in=monitoring.FINISHED_COUNTED, finished_at__gte=now - WINDOW,
-                           started_at__isnull=False)
-        .alias(d=duration, l=lateness)
-        .values("queue", "job_type", "state").order_by()
-        .annotate(**aggs)
-    )
+    return rollup.totals(now - WINDOW, now, histograms=True)
 
 
-def _bucket_pairs(row: dict, prefix: str, bounds) -> list[tuple[str, float]]:
-    pairs = [(str(float(b)), row[f"{prefix}{i}"]) for i, b in enumerate(bounds)]
-    return pairs + [("+Inf", row["n"])]
+def _bucket_pairs(cumulative: list[int], total: int, bounds) -> list[tuple[str, float]]:
+    return [(str(float(b)), n) for b, n in zip(bounds, cumulative)] + [("+Inf", total)]
 
 
 class LedgerCollector:
@@ -120,27 +103,25 @@ class LedgerCollector:
                                               "started_at - run_at of the last attempt of jobs finished "
                                               "in the last hour", labels=["queue", "job_type"])
         totals: dict[tuple[str, str], list[int]] = {(jt.queue, jt.name): [0, 0] for jt in job_types().values()}
-        merged: dict[tuple[str, str], dict] = {}
-        for row in window_stats(now):
-            key = (row["queue"], row["job_type"])
+        merged: dict[tuple[str, str], rollup.Totals] = {}
+        for (queue, job_type, state), stat in window_stats(now).items():
+            if not stat.timed:
+                continue  # as before the roll-up: only jobs that started have a duration and lateness
+            key = (queue, job_type)
             total = totals.setdefault(key, [0, 0])
-            total[0] += row["n"]
-            if row["state"] == JobState.DEAD:
-                total[1] += row["n"]
-            into = merged.setdefault(key, {})
-            for k, v in row.items():
-                if k in ("queue", "job_type", "state"):
-                    continue
-                if k in ("d_sum", "l_sum"):
-                    into[k] = into.get(k, 0.0) + _seconds(v)
-                else:
-                    into[k] = into.get(k, 0) + v
+            total[0] += stat.timed
+            if state == JobState.DEAD:
+                total[1] += stat.timed
+            merged.setdefault(key, rollup.Totals()).add(stat.timed, stat.timed, stat.duration_sum, stat.lateness_sum,
+                                                         stat.duration_buckets, stat.lateness_buckets)
         for (queue, job_type), (n, dead) in sorted(totals.items()):
             processed.add_metric([queue, job_type], n)
             failed.add_metric([queue, job_type], dead)
         for (queue, job_type), row in sorted(merged.items()):
-            durations.add_metric([queue, job_type], _bucket_pairs(row, "d", DURATION_BUCKETS), row["d_sum"])
-            lateness.add_metric([queue, job_type], _bucket_pairs(row, "l", LATENESS_BUCKETS), row["l_sum"])
+            durations.add_metric([queue, job_type], _bucket_pairs(row.duration_buckets, row.count, DURATION_BUCKETS),
+                                 row.duration_sum)
+            lateness.add_metric([queue, job_type], _bucket_pairs(row.lateness_buckets, row.count, LATENESS_BUCKETS),
+                                row.lateness_sum)
 
         health = monitoring.health_heartbeat(now)
         health_age = GaugeMetricFamily("nextevent_health_check_age_seconds",
