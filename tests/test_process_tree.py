@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from jobs import broker, progress, scheduler, services
 from jobs.dispatcher import repush_lost
+from jobs.system import SYSTEM_NOOP
 from jobs.models import Job, JobState
 from nextevent.redis import get_redis, queue_key
 from news.factories import NewsFactory
@@ -270,7 +271,6 @@ def test_a_killed_worker_s_job_runs_again_within_2_s_though_its_lease_is_long(st
 
 STUCK_CONSUMER = """
 import sys, time, redis
-from jobs.system import SYSTEM_NOOP
 r = redis.Redis(host=sys.argv[1], port=int(sys.argv[2]), db=int(sys.argv[3]), password=sys.argv[4] or None)
 held = []
 while True:  # takes wake-ups and never runs them (bounded by the test killing it)

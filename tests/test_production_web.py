@@ -59,10 +59,12 @@ def test_gunicorn_serves_admin_static_and_ingest_and_logs_no_query_string(gunico
     assert status == 200 and headers["Content-Type"].startswith("text/css") and len(body) > 1000
 
     secret = "signature=0123456789abcdef&timestamp=1700000000&nonce=s3cr3tn0nce"
-    event = json.dumps({"news_id": 1, "event_type": "view"}).encode()
+    from news.factories import NewsFactory
+
+    event = json.dumps({"news_id": NewsFactory().pk, "event_type": "view"}).encode()  # unknown ids are dropped
     status, _, body = fetch(f"{server.url}/api/analytics/events?{secret}", data=event,
                             headers={"Content-Type": "application/json", "X-Forwarded-For": "203.0.113.9"})
-    assert (status, json.loads(body)) == (202, {"accepted": 1})
+    assert (status, json.loads(body)) == (202, {"accepted": 1, "dropped_unknown_news": 0})
 
     server.stop()  # flushes the access log
     log = server.access_log.read_text()

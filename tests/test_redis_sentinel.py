@@ -105,7 +105,7 @@ def test_master_killed_news_published_no_job_lost_and_event_loss_measured(use_se
     # Every due news item is published, once, by a completed job.
     wait_for(lambda: News.objects.filter(pk__in=[n.pk for n in items], status=NewsStatus.PUBLISHED).count() == 30,
              120, 0.5, "every due news item to be published after the failover")
-    jobs = Job.objects.filter(job_type="news:scheduled_publisher", news_id__in=[n.pk for n in items])
+    jobs = Job.objects.filter(job_type="news:scheduled_publisher", subject__in=[f"news:{n.pk}" for n in items])
     wait_for(lambda: jobs.filter(state=JobState.COMPLETED).count() == 30, 60, 0.5, "the 30 publishing jobs to complete")
     assert not Job.objects.filter(state=JobState.DEAD).exists()
 
