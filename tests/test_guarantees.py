@@ -101,6 +101,20 @@ def _taken_over() -> tuple[Job, Job]:
     return stale, fresh
 
 
+@pytest.mark.django_db(transaction=True)
+def test_only_a_pending_job_can_be_claimed_and_only_once():
+    now = timezone.now()
+    ids = {state: Job.objects.create(job_type=SYSTEM_NOOP, queue="default", payload={}, state=state, timeout=60,
+                                     run_at=now, dispatched_at=now).pk
+           for state in (JobState.PENDING, JobState.SCHEDULED, JobState.RETRY, JobState.DEAD, JobState.COMPLETED)}
+    assert services.job_claim(ids[JobState.PENDING], worker="host-a:1").attempts == 1
+    assert services.job_claim(ids[JobState.PENDING], worker="host-b:2") is None  # never twice at once
+    for state in (JobState.SCHEDULED, JobState.RETRY, JobState.DEAD, JobState.COMPLETED):
+        assert services.job_claim(ids[state], worker="host-b:2") is None, state
+        assert Job.objects.filter(pk=ids[state]).values_list("state", "attempts").get() == (state, 0)
+    assert Job.objects.get(pk=ids[JobState.PENDING]).worker == "host-a:1"
+
+
 def _row(job_id):
     return Job.objects.filter(pk=job_id).values("state", "attempts", "worker", "result", "last_error",
                                                 "errors", "finished_at", "lease_expires_at").get()
