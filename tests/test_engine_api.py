@@ -104,7 +104,9 @@ def test_a_running_job_gives_its_key_to_a_rescheduled_successor():
     claimed = services.job_claim(job_id, worker="test:1")
     new_id = schedule_news_publishing(44, timezone.now() + timedelta(hours=1))
     assert new_id != job_id
-    assert Job.objects.get(pk=job_id).live_key is None and claimed.state == JobState.ACTIVE
+    running = Job.objects.get(pk=job_id)  # the row, not the claim's in-memory copy
+    assert (running.live_key, running.state, running.worker) == (None, JobState.ACTIVE, "test:1")
+    assert claimed.attempts == running.attempts == 1
     assert Job.objects.get(pk=new_id).live_key == news_publish_key(44)
 
 
