@@ -56,7 +56,7 @@ def proxy_to():
 
 def readiness_in_a_fresh_process(cluster_env, env) -> dict:
     result = subprocess.run([sys.executable, "manage.py", "shell", "-c", READINESS], cwd=ROOT, capture_output=True,
-                            text=True, timeout=120, env={**cluster_env, **env})
+                            text=True, timeout=60, env={**cluster_env, **env})
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
