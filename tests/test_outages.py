@@ -115,3 +115,30 @@ def test_the_engine_rides_out_an_outage_and_runs_what_came_due_meanwhile(service
         assert 1 <= failures <= 3, log_during[-3000:]
     else:
         assert failures <= 3, log_during[-3000:]
+
+
+HEALTH = """
+import json, time
+from jobs.health import health_check
+t0 = time.monotonic()
+result = health_check()
+print(json.dumps({"result": result, "took": time.monotonic() - t0}))
+"""
+
+
+@pytest.mark.parametrize("failure", ["refused", "silent"])
+def test_the_health_check_reports_a_redis_outage_and_returns(failure, proxy_to, cluster_env):
+    # The periodic health check (and the alert receivers it signals) must come back with
+    # "redis: ..." and write its heartbeat, not hang the critical queue's worker.
+    proxy, env = proxy_to("redis")
+    proxy.refuse() if failure == "refused" else proxy.go_silent()
+    result = subprocess.run([sys.executable, "manage.py", "shell", "-c", HEALTH], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60, env={**cluster_env, **env})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["result"].startswith("redis: "), report
+    assert report["took"] < slack(8.0), report  # the check's own 5 s Redis timeout, then on
+    from jobs.models import Heartbeat
+
+    details = Heartbeat.objects.get(name="health").details
+    assert details["ok"] is False and details["redis"].startswith("error: ") and details["database"] == "ok"
