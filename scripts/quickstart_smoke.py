@@ -77,6 +77,10 @@ def main() -> int:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("DB_", "REDIS_", "DJANGO_", "JOBS_", "WECHAT_")) and k != "NEXTEVENT_EMBEDDED"}
         env.update(PORT=str(free_port()), FAKE_WECHAT_PORT=str(free_port()), PYTHONUNBUFFERED="1")
+        if env.pop("COVERAGE_PROCESS_CONFIG", None):
+            # Under scripts/coverage: the clone's processes measure the clone's files with the
+            # clone's own .coveragerc (the parent's settings name this checkout's paths).
+            env["COVERAGE_PROCESS_START"] = str(clone / ".coveragerc")
         log_path = Path(tmp) / "quickstart.log"
         log = open(log_path, "wb")
         t0 = time.monotonic()

@@ -113,8 +113,13 @@ def test_the_engine_rides_out_an_outage_and_runs_what_came_due_meanwhile(service
         # Refused at once: the dispatcher backs off (0.5 s, 1 s, 1.5 s, ...) and logs only
         # the first three failures of a streak, not one line every 0.1 s.
         assert 1 <= failures <= 3, log_during[-3000:]
+    elif service == "redis":
+        # A Redis outage fails only the passes that touch Redis (a wake-up to push, the
+        # re-push check every 2 s); the passes between succeed and end the streak, so each
+        # failure is logged as "1 in a row": at most about one line per 2 s, not per 0.1 s.
+        assert failures <= 6, log_during[-3000:]
     else:
-        assert failures <= 3, log_during[-3000:]
+        assert failures <= 3, log_during[-3000:]  # silent MySQL: passes wait, they do not fail
 
 
 HEALTH = """
