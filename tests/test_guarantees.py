@@ -218,3 +218,43 @@ def test_a_publishing_job_run_before_scheduled_at_publishes_nothing():
     assert job.result == f"news item is not due until {at.isoformat()}"
     row = News.objects.get(pk=news.pk)
     assert (row.status, row.published_at) == (NewsStatus.SCHEDULED, None)
+
+
+# ---------------------------------------------------------------- the state machine, row by row
+# (in-process, so that mutation testing, which cannot see into qcluster subprocesses, checks
+# the rules the cluster tests rely on)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_each_transition_writes_its_own_row_and_no_other(settings):
+    settings.JOBS_LEASE_SECONDS = 20
+    now = timezone.now()
+    a, b = (Job.objects.create(job_type=SYSTEM_NOOP, queue="default", payload={}, state=JobState.PENDING,
+                               timeout=60, run_at=now, dispatched_at=now, max_retries=1) for _ in range(2))
+    ja, jb = services.job_claim(a.pk, worker="w:1"), services.job_claim(b.pk, worker="w:2")
+    row = Job.objects.get(pk=a.pk)
+    assert (row.state, row.attempts, row.worker) == (JobState.ACTIVE, 1, "w:1")
+    assert timedelta(seconds=19) < row.lease_expires_at - row.started_at <= timedelta(seconds=20)
+
+    failed_at = timezone.now()
+    assert services.job_fail(ja, error="RuntimeError: one") == JobState.RETRY and ja.state == JobState.RETRY
+    row = Job.objects.get(pk=a.pk)
+    assert (row.state, row.lease_expires_at, row.waiting_reason, row.finished_at) == (JobState.RETRY, None, "", None)
+    assert row.run_at >= failed_at + timedelta(seconds=1)  # the backoff: not before 1 s
+    assert row.last_error == "RuntimeError: one" and [e["attempt"] for e in row.errors] == [1]
+    other = Job.objects.get(pk=b.pk)  # same attempt number, another job: untouched
+    assert (other.state, other.worker, other.errors) == (JobState.ACTIVE, "w:2", [])
+
+    Job.objects.filter(pk=a.pk).update(state=JobState.PENDING)
+    ja = services.job_claim(a.pk, worker="w:1")
+    assert services.job_fail(ja, error="RuntimeError: two") == JobState.DEAD  # attempt 2 = 1 + max_retries
+    row = Job.objects.get(pk=a.pk)
+    assert row.state == JobState.DEAD and row.finished_at is not None and row.live_key is None
+    assert [e["attempt"] for e in row.errors] == [1, 2] and row.last_error == "RuntimeError: two"
+
+    assert services.job_complete(jb, result=None)
+    done = Job.objects.get(pk=b.pk)
+    assert (done.state, done.result, done.lease_expires_at) == (JobState.COMPLETED, "", None)
+    assert done.finished_at >= done.started_at
+    assert services.job_complete(jb, result="again") is False  # once
+    assert Job.objects.get(pk=b.pk).result == ""
