@@ -130,10 +130,6 @@ EXTRA = [
         '("redis", lambda: check_redis(timeout=5.0))',
         '("redis", lambda: __import__("nextevent.redis").redis.get_redis().ping())',
         ["tests/test_outages.py::test_the_health_check_reports_a_redis_outage_and_returns[silent]"]),
-    Mutation(
-        "news_publish_scheduled ignores a moved scheduled_at", "news/services.py",
-        '        filters["scheduled_at"] = scheduled_at', "        pass",
-        ["tests/test_news_jobs.py::test_a_job_for_an_item_rescheduled_behind_the_signals_back_completes_without_publishing"]),
 ]
 
 

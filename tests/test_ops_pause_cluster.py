@@ -35,7 +35,15 @@ def test_a_paused_queue_holds_its_jobs_and_runs_them_after_resume(start_cluster)
 
     wait_for(lambda: Job.objects.filter(pk=in_flight.pk, state=JobState.SCHEDULED).exists(), 20,
              message="the worker to put the in-flight job back")
-    wait_dispatcher_pass(timezone.now())  # it looked at the put-back job and left it
+    def handed_out():
+        return list(Job.objects.filter(pk__in=[held, in_flight.pk]).order_by("pk")
+                    .values_list("pk", "run_at", "dispatched_at"))
+
+    before = handed_out()
+    wait_dispatcher_pass(timezone.now())  # it looked at both jobs and left them
+    # Not forwarded (and then put back by a worker) meanwhile: a forward stamps dispatched_at,
+    # a put-back moves run_at.
+    assert handed_out() == before
     assert set(Job.objects.filter(pk__in=[held, in_flight.pk]).values_list("state", flat=True)) == {JobState.SCHEDULED}
     assert runs("held") == [] and runs("in-flight") == []
     assert Job.objects.get(pk=in_flight.pk).attempts == 0  # a put-back does not spend an attempt
