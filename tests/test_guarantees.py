@@ -115,6 +115,47 @@ def test_only_a_pending_job_can_be_claimed_and_only_once():
     assert Job.objects.get(pk=ids[JobState.PENDING]).worker == "host-a:1"
 
 
+@pytest.mark.django_db(transaction=True)
+def test_an_expired_lease_is_recorded_as_a_lost_attempt_and_runs_again_at_once():
+    now = timezone.now()
+    job = Job.objects.create(job_type=SYSTEM_NOOP, queue="default", payload={}, state=JobState.PENDING,
+                             timeout=60, run_at=now, dispatched_at=now, max_retries=3)
+    services.job_claim(job.pk, worker="host-a:1")
+    expired = timezone.now() - timedelta(seconds=1)
+    Job.objects.filter(pk=job.pk).update(lease_expires_at=expired)
+    live = Job.objects.create(job_type=SYSTEM_NOOP, queue="default", payload={}, state=JobState.PENDING,
+                              timeout=60, run_at=now, dispatched_at=now)
+    services.job_claim(live.pk, worker="host-b:2")  # its lease is fine: not touched
+    seen_by_another_dispatcher = Job.objects.get(pk=job.pk)
+    reaped_at = timezone.now()
+    assert dispatcher.reap_expired_leases() == 1
+    row = Job.objects.get(pk=job.pk)
+    assert (row.state, row.attempts, row.lease_expires_at, row.finished_at) == (JobState.RETRY, 1, None, None)
+    assert reaped_at - timedelta(seconds=1) <= row.run_at <= timezone.now()  # again at once, no backoff
+    assert row.errors == [{"attempt": 1, "at": row.errors[0]["at"], "worker": "host-a:1", "traceback": "",
+                           "error": f"worker lost: lease expired at {expired.isoformat()} (worker host-a:1)"}]
+    assert row.last_error == row.errors[0]["error"]
+    assert Job.objects.get(pk=live.pk).state == JobState.ACTIVE
+    # A second dispatcher that read the row before the first one reaped it changes nothing.
+    assert services.job_lease_expired(seen_by_another_dispatcher, now=timezone.now()) is None
+    assert Job.objects.get(pk=job.pk).errors == row.errors
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_snooze_waits_without_spending_an_attempt_or_recording_an_error():
+    now = timezone.now()
+    job = Job.objects.create(job_type=SYSTEM_NOOP, queue="default", payload={}, state=JobState.PENDING,
+                             timeout=60, run_at=now, dispatched_at=now, last_error="RuntimeError: before")
+    claimed = services.job_claim(job.pk, worker="w:1")
+    until = timezone.now() + timedelta(hours=3)
+    assert services.job_snooze(claimed, until=until, reason="quota used up " + "x" * 3000) is True
+    row = Job.objects.get(pk=job.pk)
+    assert (row.state, row.run_at, row.attempts, row.lease_expires_at) == (JobState.SCHEDULED, until, 0, None)
+    assert row.waiting_reason == ("quota used up " + "x" * 3000)[:2000]
+    assert (row.last_error, row.errors) == ("RuntimeError: before", [])
+    assert services.job_snooze(claimed, until=until, reason="again") is False  # no longer running
+
+
 def _row(job_id):
     return Job.objects.filter(pk=job_id).values("state", "attempts", "worker", "result", "last_error",
                                                 "errors", "finished_at", "lease_expires_at").get()
