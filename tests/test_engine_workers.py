@@ -99,6 +99,8 @@ def test_a_sigkilled_worker_s_job_runs_again_within_30_seconds(start_cluster):
     cluster = start_cluster(queues=["default"])
     job_id = scheduler.enqueue(SYSTEM_NOOP, {"sleep": 3, "fail_times": 0, "marker": "kill"})
     job = wait_for(lambda: Job.objects.filter(pk=job_id, state=JobState.ACTIVE).first(), 20, 0.05, "active")
+    # Killed inside the handler, not between the claim and it (a race a slow machine loses).
+    wait_for(lambda: runs("kill") == [f"{job_id}:1"], 20, 0.05, "the first attempt's handler to start")
     pid = int(job.worker.rsplit(":", 1)[1])
     assert pid in cluster.worker_pids()
     os.kill(pid, signal.SIGKILL)
