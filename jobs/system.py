@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import ast
 import logging
+import os
+import signal
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,19 +39,24 @@ class PeriodicPayload(Payload):
 
 @dataclass
 class NoopPayload(Payload):
-    """For demos, benchmarks and tests: sleeps, or fails its first `fail_times` attempts;
-    with a marker, appends "job_id:attempt" to the Redis list nextevent:noop:<marker>."""
+    """For demos, benchmarks and tests: sleeps, or fails its first `fail_times` attempts, or
+    SIGKILLs its own worker process in its first `crash_times` attempts (a job that kills its
+    worker: the engine must not retry it forever); with a marker, appends "job_id:attempt" to
+    the Redis list nextevent:noop:<marker>."""
 
     sleep: float = 0.0
     fail_times: int = 0
     permanent: bool = False
     marker: str = ""
+    crash_times: int = 0
 
     def validate(self):
         if not 0 <= self.sleep <= 600:
             raise PayloadError("sleep", f"must be a number of seconds from 0 to 600, got {self.sleep!r}")
         if self.fail_times < 0:
             raise PayloadError("fail_times", "must be >= 0")
+        if self.crash_times < 0:
+            raise PayloadError("crash_times", "must be >= 0")
         if len(self.marker) > 64:
             raise PayloadError("marker", "must be at most 64 characters")
 
@@ -95,6 +102,8 @@ def handle_system_noop(payload: NoopPayload, job) -> str:
         from nextevent.redis import get_redis
 
         get_redis().rpush(f"nextevent:noop:{payload.marker}", f"{job.pk}:{job.attempts}")
+    if job.attempts <= payload.crash_times:
+        os.kill(os.getpid(), signal.SIGKILL)  # as a segfault or the OOM killer would
     if payload.sleep:
         time.sleep(payload.sleep)
     if job.attempts <= payload.fail_times:

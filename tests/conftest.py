@@ -16,9 +16,23 @@ from django.db import connection
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# One factor for every upper time bound in the tests: a loaded or slow machine sets
+# TEST_TIME_SLACK=2 (or more) instead of each test guessing its own margin. Lower bounds
+# (not before run_at, backoff at least 1 s) are guarantees and never scaled.
+TIME_SLACK = float(os.environ.get("TEST_TIME_SLACK", "1") or 1)
+if TIME_SLACK < 1:
+    raise RuntimeError(f"TEST_TIME_SLACK must be >= 1, got {TIME_SLACK}")
+
+
+def slack(seconds: float) -> float:
+    """An upper time bound scaled by TEST_TIME_SLACK."""
+    return seconds * TIME_SLACK
+
 
 def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, message: str = "condition"):
-    """Poll until predicate() is truthy; return its value or fail naming what was awaited."""
+    """Poll until predicate() is truthy; return its value or fail naming what was awaited.
+    The timeout is an upper bound: scaled by TEST_TIME_SLACK."""
+    timeout = slack(timeout)
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -27,6 +41,63 @@ def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, message: 
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {message}")
         time.sleep(interval)
+
+
+BEIJING = "Asia/Shanghai"  # WeChat's quota day and the default TIME_ZONE
+
+
+@pytest.fixture
+def beijing_daytime():
+    """The process clock moved to 12:00 today in Beijing, ticking: a test that compares
+    with next_quota_reset() or localdate() computed afterwards cannot straddle midnight
+    there (16:00 UTC), whatever the hour of the run. Only this process's clock moves:
+    MariaDB, Redis and subprocesses keep theirs."""
+    from datetime import datetime, time as dtime
+    from zoneinfo import ZoneInfo
+
+    import time_machine
+    from django.utils import timezone
+
+    zone = ZoneInfo(BEIJING)
+    noon = datetime.combine(timezone.now().astimezone(zone).date(), dtime(12), tzinfo=zone)
+    with time_machine.travel(noon, tick=True):
+        yield noon
+
+
+@pytest.fixture
+def clear_of_local_midnight():
+    """For tests whose days come from a clock this process cannot move (Redis stamps
+    analytics events with its own time): if midnight in TIME_ZONE is less than a minute
+    away (two minutes: the longest such test with its clusters), wait until it has passed,
+    so the test's events and its expectations share a day."""
+    from datetime import datetime, time as dtime, timedelta
+
+    from django.utils import timezone
+
+    now = timezone.localtime()
+    midnight = timezone.make_aware(datetime.combine(now.date() + timedelta(days=1), dtime.min))
+    left = (midnight - now).total_seconds()
+    if left < 120:
+        time.sleep(left + 0.5)
+    yield
+
+
+def wait_dispatcher_pass(since, timeout: float = 30.0):
+    """Wait until some dispatcher has run a whole pass that began after `since` (a datetime).
+    A dispatcher writes its heartbeat at the end of a pass (every 5 s): its second beat after
+    `since` ends a pass that began after the first. The proof a negative check needs ("the
+    dispatcher looked and did not forward it"), instead of a sleep that proves nothing on a
+    slow machine."""
+    from jobs.models import Heartbeat
+
+    seen: dict[str, set] = {}
+
+    def two_beats():
+        for name, at in Heartbeat.objects.filter(kind="dispatcher", seen_at__gt=since).values_list("name", "seen_at"):
+            seen.setdefault(name, set()).add(at)
+        return any(len(beats) >= 2 for beats in seen.values())
+
+    wait_for(two_beats, timeout, 0.1, f"a dispatcher pass that began after {since.isoformat()}")
 
 
 def run_concurrently(func, n: int) -> tuple[list, list]:

@@ -23,7 +23,7 @@ from news.models import News
 from nextevent.redis import get_redis
 from tests.conftest import ROOT, wait_for
 
-pytestmark = [pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("clear_of_local_midnight")]
 
 # A batch process that SIGKILLs itself at a chosen point of its third chunk.
 DOOMED_BATCH = """

@@ -104,7 +104,9 @@ def test_a_running_job_gives_its_key_to_a_rescheduled_successor():
     claimed = services.job_claim(job_id, worker="test:1")
     new_id = schedule_news_publishing(44, timezone.now() + timedelta(hours=1))
     assert new_id != job_id
-    assert Job.objects.get(pk=job_id).live_key is None and claimed.state == JobState.ACTIVE
+    running = Job.objects.get(pk=job_id)  # the row, not the claim's in-memory copy
+    assert (running.live_key, running.state, running.worker) == (None, JobState.ACTIVE, "test:1")
+    assert claimed.attempts == running.attempts == 1
     assert Job.objects.get(pk=new_id).live_key == news_publish_key(44)
 
 
@@ -145,3 +147,32 @@ def test_cancel_and_delete_leave_running_jobs_alone():
 def test_a_bad_timeout_override_is_refused():
     with pytest.raises(ValueError, match="timeout: must be whole seconds from 1 to 600"):
         scheduler.enqueue(SYSTEM_NOOP, {}, timeout=0)
+
+
+def test_enqueue_many_writes_every_row_with_its_type_s_policy_and_pushes_the_due_ones_on_commit():
+    with transaction.atomic():
+        ids = scheduler.enqueue_many(SYSTEM_NOOP, [{"marker": "a"}, {"marker": "b", "sleep": 1}])
+        assert depth("default") == 0  # only after the commit
+    assert depth("default") == 2
+    rows = list(Job.objects.filter(pk__in=ids).order_by("pk"))
+    assert [r.payload for r in rows] == [
+        {"sleep": 0.0, "fail_times": 0, "permanent": False, "marker": "a", "crash_times": 0},
+        {"sleep": 1.0, "fail_times": 0, "permanent": False, "marker": "b", "crash_times": 0}]
+    for r in rows:
+        assert (r.job_type, r.queue, r.state, r.timeout, r.max_retries, r.attempts, r.subject) == (
+            SYSTEM_NOOP, "default", JobState.PENDING, 60, 3, 0, "")
+        assert r.dispatched_at is not None and r.run_at <= timezone.now()
+
+    later = scheduler.enqueue_many(SYSTEM_NOOP, [{}], delay=60)
+    job = Job.objects.get(pk=later[0])
+    assert (job.state, job.dispatched_at) == (JobState.SCHEDULED, None) and depth("default") == 2
+    assert timedelta(seconds=59) < job.run_at - timezone.now() <= timedelta(seconds=60)
+
+
+def test_enqueue_many_refuses_more_than_its_limit_before_writing():
+    from jobs.services.creating import MAX_MANY
+
+    assert scheduler.enqueue_many(SYSTEM_NOOP, []) == []
+    with pytest.raises(ValueError, match=f"payloads: at most {MAX_MANY} per call, got {MAX_MANY + 1}"):
+        scheduler.enqueue_many(SYSTEM_NOOP, [{}] * (MAX_MANY + 1))
+    assert Job.objects.count() == 0

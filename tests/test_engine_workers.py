@@ -12,7 +12,7 @@ from django.utils import timezone
 from jobs import broker, scheduler
 from jobs.models import Job, JobState
 from nextevent.redis import get_redis
-from tests.conftest import wait_for
+from tests.conftest import slack, wait_for
 from jobs.system import SYSTEM_NOOP
 from news.scheduling import NEWS_SCHEDULED_PUBLISHER
 
@@ -40,7 +40,7 @@ def test_a_failing_job_is_retried_after_1_2_4_seconds_then_completes(start_clust
     assert [e["attempt"] for e in job.errors] == [1, 2, 3]
     gaps = [(b - a).total_seconds() for a, b in zip(started, started[1:] + [job.started_at])]
     for gap, expected in zip(gaps, [1, 2, 4]):
-        assert expected <= gap < expected + 1.5, gaps
+        assert expected <= gap < expected + slack(1.5), gaps
     assert runs("backoff") == [f"{job_id}:{n}" for n in (1, 2, 3, 4)]
 
 
@@ -92,21 +92,22 @@ def test_jobs_run_no_earlier_than_run_at_and_soon_after(start_cluster):
         job = wait_finished(job_id)
         assert job.state == JobState.COMPLETED
         lateness = (job.started_at - job.run_at).total_seconds()
-        assert 0 <= lateness < 1.5, lateness
+        assert 0 <= lateness < slack(1.5), lateness
 
 
 def test_a_sigkilled_worker_s_job_runs_again_within_30_seconds(start_cluster):
     cluster = start_cluster(queues=["default"])
     job_id = scheduler.enqueue(SYSTEM_NOOP, {"sleep": 3, "fail_times": 0, "marker": "kill"})
     job = wait_for(lambda: Job.objects.filter(pk=job_id, state=JobState.ACTIVE).first(), 20, 0.05, "active")
+    # Killed inside the handler, not between the claim and it (a race a slow machine loses).
+    wait_for(lambda: runs("kill") == [f"{job_id}:1"], 20, 0.05, "the first attempt's handler to start")
     pid = int(job.worker.rsplit(":", 1)[1])
     assert pid in cluster.worker_pids()
-    wait_for(lambda: runs("kill") == [f"{job_id}:1"], 10, 0.02, "the handler to start")  # mid-job, not mid-claim
     os.kill(pid, signal.SIGKILL)
     killed_at = timezone.now()
     job = wait_finished(job_id, timeout=45)
     assert job.state == JobState.COMPLETED and job.attempts == 2
-    assert job.started_at - killed_at < timedelta(seconds=30)
+    assert job.started_at - killed_at < timedelta(seconds=slack(30))
     assert "worker lost: process" in job.errors[0]["error"]  # seen dead by its host (jobs/reaper.py)
     assert runs("kill") == [f"{job_id}:1", f"{job_id}:2"]
 
@@ -142,7 +143,7 @@ def test_sigterm_to_the_process_group_lets_running_jobs_finish(start_cluster):
     wait_for(lambda: Job.objects.filter(pk=job_id, state=JobState.ACTIVE).exists(), 20, 0.05, "active")
     t0 = time.monotonic()
     assert cluster.stop(signal.SIGTERM, group=True, timeout=30) == 0
-    assert time.monotonic() - t0 < 15
+    assert time.monotonic() - t0 < slack(15)
     job = Job.objects.get(pk=job_id)
     assert job.state == JobState.COMPLETED and job.attempts == 1
 

@@ -79,3 +79,30 @@ def test_news_save_writes_the_item_and_its_jobs_in_one_transaction():
     news_save(news=News(title="t", content="c", status=NewsStatus.SCHEDULED,
                         scheduled_at=timezone.now() + timedelta(hours=1)))
     assert News.objects.count() == 1 and Job.objects.filter(job_type="news:scheduled_publisher").count() == 1
+
+
+@pytest.mark.django_db
+def test_each_change_moves_its_own_item_and_no_other():
+    from news.services import news_archive_expired, news_publish_scheduled
+
+    def states():
+        return dict(News.objects.values_list("pk", "status"))
+
+    now = timezone.now()
+    draft, other_draft = NewsFactory(), NewsFactory()
+    due, other_due = (ScheduledNewsFactory(scheduled_at=now - timedelta(minutes=1)) for _ in range(2))
+    live, other_live = PublishedNewsFactory(), PublishedNewsFactory()
+    News.objects.filter(pk__in=[live.pk, other_live.pk]).update(expires_at=now - timedelta(minutes=1))
+
+    before = states()
+    assert news_publish(news_id=draft.pk) is True
+    assert news_publish_scheduled(news_id=due.pk, scheduled_at=due.scheduled_at) == (True, "published")
+    assert news_archive(news_id=live.pk) is True
+    assert news_archive_expired(news_id=other_live.pk) == (True, "archived")
+    after = states()
+    assert {pk for pk in before if before[pk] != after[pk]} == {draft.pk, due.pk, live.pk, other_live.pk}
+    assert (after[other_draft.pk], after[other_due.pk]) == (NewsStatus.DRAFT, NewsStatus.SCHEDULED)
+    row = News.objects.get(pk=live.pk)
+    assert row.archived_at is not None and row.updated_at >= row.archived_at
+    row = News.objects.get(pk=draft.pk)
+    assert row.published_at is not None and row.updated_at >= row.published_at

@@ -4,6 +4,9 @@ with the plain format (DEBUG) the same facts read as key=value text."""
 
 import json
 import logging
+import re
+import subprocess
+import sys
 
 import pytest
 
@@ -12,6 +15,7 @@ from jobs.models import Job, JobState
 from jobs.worker import run_job
 from nextevent.logs import JsonFormatter
 from jobs.system import SYSTEM_NOOP
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.django_db
 
@@ -65,12 +69,24 @@ def test_a_dead_job_logs_an_error_line_with_its_subject_and_duration(caplog):
     assert dead[0]["permanent"] is True and isinstance(dead[0]["duration_ms"], int)
 
 
-def test_the_plain_format_reads_as_key_value_text(caplog):
-    caplog.set_level(logging.INFO, logger="jobs.events")
-    job_id = scheduler.enqueue(SYSTEM_NOOP, {})
-    run_job(job_id)
-    plain = logging.Formatter("%(levelname)s %(name)s %(message)s")
-    text = [plain.format(r) for r in caplog.records if r.name == "jobs.events"]
-    completed = [t for t in text if t.startswith("INFO jobs.events job completed")]
-    assert len(completed) == 1
+RUN_ONE = """
+from jobs import scheduler
+from jobs.system import SYSTEM_NOOP
+from jobs.worker import run_job
+print("job", run_job(scheduler.enqueue(SYSTEM_NOOP, {})))
+"""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_plain_format_reads_as_key_value_text(cluster_env):
+    # A real process with LOG_FORMAT=plain: the project's own logging configuration formats
+    # the line, not a formatter built here.
+    result = subprocess.run([sys.executable, "manage.py", "shell", "-c", RUN_ONE], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60, env={**cluster_env, "LOG_FORMAT": "plain", "LOG_LEVEL": "INFO"})
+    assert result.returncode == 0, result.stderr
+    job_id = Job.objects.get().pk
+    completed = [line for line in result.stderr.splitlines() if " INFO jobs.events job completed " in line]
+    assert len(completed) == 1, result.stderr
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO jobs.events job completed ", completed[0])
     assert f"job_id={job_id} job_type=system:noop queue=default attempt=1 duration_ms=" in completed[0]
+    assert not any(line.lstrip().startswith("{") for line in result.stderr.splitlines())

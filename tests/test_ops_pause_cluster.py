@@ -1,14 +1,15 @@
 """Pausing a queue with `manage.py jobs pause` while a real qcluster serves it: its jobs
 wait, none is lost or run, and `jobs resume` lets every one of them run."""
 
-import time
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
 from jobs import broker, scheduler
 from jobs.models import Job, JobState
 from nextevent.redis import get_redis
-from tests.conftest import wait_for
+from tests.conftest import wait_dispatcher_pass, wait_for
 from tests.ops_support import make_job, run_jobs_command
 from jobs.system import SYSTEM_NOOP
 
@@ -22,7 +23,9 @@ def runs(marker):
 def test_a_paused_queue_holds_its_jobs_and_runs_them_after_resume(start_cluster):
     start_cluster(queues=["default"])
     assert run_jobs_command("pause", "default") == 0
-    time.sleep(1.5)  # every process re-reads the pause list at least once a second
+    # Every process re-reads the pause list at least once a second: a dispatcher pass begun
+    # a second after the pause has seen it, and so has any claim from then on.
+    wait_dispatcher_pass(timezone.now() + timedelta(seconds=1))
 
     # Enqueued while paused: recorded, not handed to the workers.
     held = scheduler.enqueue(SYSTEM_NOOP, {"marker": "held"})
@@ -32,7 +35,15 @@ def test_a_paused_queue_holds_its_jobs_and_runs_them_after_resume(start_cluster)
 
     wait_for(lambda: Job.objects.filter(pk=in_flight.pk, state=JobState.SCHEDULED).exists(), 20,
              message="the worker to put the in-flight job back")
-    time.sleep(2)  # the dispatcher runs every 0.1 s: long enough to see it is not forwarding
+    def handed_out():
+        return list(Job.objects.filter(pk__in=[held, in_flight.pk]).order_by("pk")
+                    .values_list("pk", "run_at", "dispatched_at"))
+
+    before = handed_out()
+    wait_dispatcher_pass(timezone.now())  # it looked at both jobs and left them
+    # Not forwarded (and then put back by a worker) meanwhile: a forward stamps dispatched_at,
+    # a put-back moves run_at.
+    assert handed_out() == before
     assert set(Job.objects.filter(pk__in=[held, in_flight.pk]).values_list("state", flat=True)) == {JobState.SCHEDULED}
     assert runs("held") == [] and runs("in-flight") == []
     assert Job.objects.get(pk=in_flight.pk).attempts == 0  # a put-back does not spend an attempt

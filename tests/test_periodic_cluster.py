@@ -15,15 +15,16 @@ from django_q.models import Schedule
 from jobs.models import Heartbeat, Job, JobState
 from news.factories import NewsFactory, PublishedNewsFactory
 from news.models import News, NewsStatus
-from tests.conftest import wait_for
+from tests.conftest import slack, wait_dispatcher_pass, wait_for
 from analytics.scheduling import NEWS_ANALYTICS
 from jobs.periodic import sync_periodic_table
 from jobs.system import SYSTEM_PERIODIC
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.cluster]
 
-# Generous for a shared 2-core machine; the figures seen are printed (run with -s).
-ON_TIME = timedelta(seconds=2)
+# "Within a second" (measured 0.035-0.330 s), scaled by TEST_TIME_SLACK on a slow machine;
+# the figures seen are printed (run with -s).
+ON_TIME = timedelta(seconds=slack(1.0))
 
 
 def slot_jobs(name: str, *, state: str | None = None) -> list[Job]:
@@ -72,7 +73,7 @@ def test_two_qclusters_fire_each_slot_exactly_once(start_cluster):
                             cron="* * * * * *", cluster="critical", repeats=-1)
     time.sleep(6)
     Schedule.objects.filter(name="every-second").update(repeats=0)  # stop firing
-    time.sleep(0.5)
+    wait_dispatcher_pass(timezone.now())  # a pass that may have fired a last slot is over
 
     jobs = slot_jobs("every-second")
     slots = sorted(slot_of(j) for j in jobs)
@@ -81,6 +82,7 @@ def test_two_qclusters_fire_each_slot_exactly_once(start_cluster):
     # A slot may be skipped if both dispatchers stall for over a second on a loaded machine
     # (missed slots are not replayed); the count says they did not stall much.
     skipped = (slots[-1] - slots[0]).total_seconds() + 1 - len(slots)
+    assert skipped <= slack(1), f"{skipped:.0f} one-second slots skipped: {slots}"
     assert Heartbeat.objects.filter(kind="dispatcher").count() == 2  # both dispatchers were running
     every_slot = [(j.payload["schedule_id"], j.payload["slot"]) for j in Job.objects.filter(job_type=SYSTEM_PERIODIC)]
     assert len(every_slot) == len(set(every_slot))  # the table's own slots too
@@ -109,7 +111,7 @@ def test_a_restart_after_downtime_runs_each_missed_slot_once(start_cluster):
     start_cluster(queues=["critical", "news"])
     for name in ("news_archive_sweep", "health_check", "every-hour-by-minutes"):
         wait_for(lambda: slot_jobs(name, state=JobState.COMPLETED), 20, message=f"the missed {name} slot")
-    time.sleep(1.5)  # room for any wrongly replayed slot to show up
+    wait_dispatcher_pass(timezone.now())  # any wrongly replayed slot would have fired by now
 
     # Slots before the restart: the missed ones. (A regular slot may follow while we wait.)
     assert [slot_of(j) for j in slot_jobs("news_archive_sweep") if slot_of(j) < restarted_at] == [archive_missed]

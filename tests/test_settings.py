@@ -39,10 +39,27 @@ def test_a_bad_value_names_the_variable(name, value):
     assert name in str(err.value) and value in str(err.value)
 
 
-def test_the_redis_password_reaches_django_q2_broker():
-    from django.conf import settings
+BROKER_KWARGS = """
+from django.conf import settings
+from django_q.brokers import get_broker
+from nextevent.redis import get_redis
+broker = get_broker("default")
+kw = broker.connection.connection_pool.connection_kwargs
+ours = get_redis().connection_pool.connection_kwargs
+print(kw.get("password"), kw.get("host"), kw.get("port"), kw.get("db"), kw.get("socket_connect_timeout"),
+      ours.get("password"), settings.Q_CLUSTER["redis"] is settings.REDIS)
+"""
 
-    assert settings.Q_CLUSTER["redis"] is settings.REDIS
+
+def test_the_redis_password_reaches_django_q2_broker():
+    # Built by the settings from the environment in a fresh process, as a deployment would,
+    # and read back from the connection pool django-q2's broker really uses.
+    result = subprocess.run([sys.executable, "manage.py", "shell", "-c", BROKER_KWARGS], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60,
+                            env={"PATH": "/usr/bin:/bin", "DJANGO_DEBUG": "1", "REDIS_PASSWORD": "pw-from-env",
+                                 "REDIS_HOST": "redis.internal", "REDIS_PORT": "6390", "REDIS_DB": "3"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1].split() == ["pw-from-env", "redis.internal", "6390", "3", "5", "pw-from-env", "True"]
 
 
 def test_a_bad_db_port_stops_start_up_with_one_line():

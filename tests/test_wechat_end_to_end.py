@@ -100,7 +100,7 @@ def test_a_token_expiring_mid_flow_is_replaced_without_spending_a_retry(start_cl
     assert job.attempts == 1 and job.errors == []
 
 
-def test_an_exhausted_daily_quota_waits_for_the_reset_without_spending_retries(start_cluster, fake_wechat):
+def test_an_exhausted_daily_quota_waits_for_the_reset_without_spending_retries(start_cluster, fake_wechat, clear_of_local_midnight):
     fake_wechat.exhaust_quota("draft/add")
     start_cluster(queues=["wechat"], env=wechat_env(fake_wechat, WECHAT_AUTO_PUBLISH=0))
     news = NewsFactory(push_to_wechat=True)

@@ -323,7 +323,7 @@ def test_with_auto_publish_off_it_stops_at_the_draft(published, fake_wechat, set
     assert not Job.objects.filter(job_type=WECHAT_PUBLISHING).exists()
 
 
-def test_an_exhausted_daily_quota_waits_for_midnight_in_beijing(published, fake_wechat):
+def test_an_exhausted_daily_quota_waits_for_midnight_in_beijing(published, fake_wechat, beijing_daytime):
     news = published()
     fake_wechat.exhaust_quota("draft/add")
 
@@ -442,7 +442,7 @@ def test_polling_stops_after_the_configured_number_of_polls(published, fake_wech
     assert WechatArticle.objects.get(news=news).state == ArticleState.PUBLISHING  # a late push can settle it
 
 
-def test_polling_waits_for_the_quota_reset_when_freepublish_get_is_used_up(published, fake_wechat):
+def test_polling_waits_for_the_quota_reset_when_freepublish_get_is_used_up(published, fake_wechat, beijing_daytime):
     news = published()
     article = submitted(fake_wechat, news)
     fake_wechat.exhaust_quota("freepublish/get")
@@ -452,7 +452,7 @@ def test_polling_waits_for_the_quota_reset_when_freepublish_get_is_used_up(publi
     assert caught.value.until == next_quota_reset()
 
 
-def test_polling_keeps_within_its_own_daily_budget_of_freepublish_get(published, fake_wechat, settings):
+def test_polling_keeps_within_its_own_daily_budget_of_freepublish_get(published, fake_wechat, settings, beijing_daytime):
     settings.WECHAT_POLLS_PER_DAY = 1
     first, second = submitted(fake_wechat, published()), submitted(fake_wechat, published())
     with pytest.raises(Snooze, match="still in progress"):
