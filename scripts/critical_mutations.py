@@ -34,6 +34,7 @@ class Mutation:
     old: str
     new: str
     tests: list[str]
+    also: tuple[tuple[str, str], ...] = ()  # more (old, new) replacements in the same file, for a bug with two guards
 
 
 MUTATIONS = [
@@ -45,9 +46,9 @@ MUTATIONS = [
         [T + "test_a_healthy_job_longer_than_its_lease_keeps_it_and_runs_once"]),
     Mutation(
         "a lost worker's job is retried forever", "jobs/services/running.py",
-        "    state = _record_failure(job, _running(job).filter(lease_expires_at__lt=now),",
+        "    state = _record_failure(job, running, error=error,",
         "    job.max_retries = 10 ** 9\n"
-        "    state = _record_failure(job, _running(job).filter(lease_expires_at__lt=now),",
+        "    state = _record_failure(job, running, error=error,",
         [T + "test_a_job_that_kills_its_worker_every_time_ends_dead_after_max_retries_plus_one"]),
     Mutation(
         "no attempt fencing in _running", "jobs/services/running.py",
@@ -57,9 +58,10 @@ MUTATIONS = [
     Mutation(
         "no attempt fencing in job_complete", "jobs/services/running.py",
         '"WHERE id=%s AND state=%s AND attempts=%s",\n'
-        '        [JobState.COMPLETED.value, _dt(now), (result or "")[:2000], job.pk, JobState.ACTIVE.value, job.attempts])',
+        '        [JobState.COMPLETED.value, _dt(now), (result or "")[:MAX_RESULT_CHARS], job.pk, JobState.ACTIVE.value,\n'
+        '         job.attempts])',
         '"WHERE id=%s AND state=%s",\n'
-        '        [JobState.COMPLETED.value, _dt(now), (result or "")[:2000], job.pk, JobState.ACTIVE.value])',
+        '        [JobState.COMPLETED.value, _dt(now), (result or "")[:MAX_RESULT_CHARS], job.pk, JobState.ACTIVE.value])',
         [T + "test_a_stale_worker_cannot_complete_a_job_another_worker_now_runs"]),
     Mutation(
         "the supervisor never restarts a dead cluster", "jobs/supervisor.py",
@@ -68,9 +70,11 @@ MUTATIONS = [
         [T + "test_a_cluster_that_dies_alone_is_restarted_and_runs_jobs"]),
     Mutation(
         "a cluster whose supervisor died keeps running", "jobs/management/commands/jobs_cluster.py",
-        "if os.getppid() != parent:",
-        "if False:",
-        [T + "test_a_supervisor_killed_outright_takes_its_clusters_with_it"]),
+        # Both guards: the kernel's parent-death signal and the cluster's own parent watch.
+        "            proctree.die_with_parent(signal.SIGKILL, supervisor)",
+        "            pass",
+        [T + "test_a_supervisor_killed_outright_takes_its_clusters_with_it"],
+        also=(("if os.getppid() != parent and stopping_since is None:", "if False:"),)),
     Mutation(
         "news_publish_scheduled publishes before scheduled_at", "news/services.py",
         '"status": NewsStatus.SCHEDULED, "scheduled_at__lte": now}',
@@ -186,11 +190,16 @@ def main() -> int:
         for m in chosen:
             target = tree / m.path
             original = target.read_text()
-            if original.count(m.old) != 1:
-                problems.append(f"{m.name}: patch does not apply to {m.path} (found {original.count(m.old)} times)")
+            pairs = [(m.old, m.new), *m.also]
+            missing = [(old, original.count(old)) for old, _ in pairs if original.count(old) != 1]
+            if missing:
+                problems.append(f"{m.name}: patch does not apply to {m.path} (found {missing[0][1]} times)")
                 print(f"NOT APPLIED  {m.name}", flush=True)
                 continue
-            target.write_text(original.replace(m.old, m.new))
+            mutated = original
+            for old, new in pairs:
+                mutated = mutated.replace(old, new)
+            target.write_text(mutated)
             t0 = time.monotonic()
             try:
                 rc, out = pytest(tree, m.tests, args.timeout)
