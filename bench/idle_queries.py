@@ -107,7 +107,8 @@ def main() -> None:
     Job.objects.all().delete()
     get_redis().flushdb()
     relay = CountingRelay(("127.0.0.1", int(os.environ.get("DB_PORT", 3306))))
-    cluster = Cluster(args.queues.split(","), env={"DB_HOST": "127.0.0.1", "DB_PORT": str(relay.port)}, log="/tmp/bench-idle-qcluster.log")
+    cluster = Cluster(args.queues.split(","), env={"DB_HOST": "127.0.0.1", "DB_PORT": str(relay.port)},
+                      log="/tmp/bench-idle-qcluster.log")
     try:
         cluster.wait_ready()
         time.sleep(args.settle)
