@@ -1,6 +1,6 @@
 """The periodic table: one django-q2 Schedule row per declared periodic task, kept by its
 name. The tasks themselves are declared in their apps with @jobs.registry.periodic; the
-dispatcher fires due rows every 0.2 s (jobs/dispatcher.py: fire_schedules) as
+dispatcher fires due rows at their next_run (jobs/dispatcher.py: fire_schedules) as
 `system:periodic` ledger jobs, so a slot is fired once, on time, with retries."""
 
 from __future__ import annotations

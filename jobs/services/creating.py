@@ -8,7 +8,7 @@ import logging
 from contextlib import nullcontext
 from datetime import datetime, timedelta
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from jobs import broker, clock
@@ -79,13 +79,14 @@ def job_create(*, job_type: str, payload, run_at: datetime | None = None,
                     if moved is not None:
                         return moved
                 due = run_at <= now
-                job = Job.objects.create(
+                job = Job(
                     job_type=jt.name, queue=queue, payload=data, max_retries=jt.max_retries,
                     timeout=timeout, run_at=run_at, subject=jt.subject_of(data),
                     state=JobState.PENDING if due and not is_queue_paused(queue) else JobState.SCHEDULED,
                     dispatched_at=now if due else None,
                     unique_key=unique_key, live_key=unique_key,
                 )
+                insert_job(job)
                 if job.state == JobState.PENDING:
                     push_after_commit(job.pk, queue, timeout)
                 log_job_event("enqueued", job, run_at=run_at.isoformat())
@@ -96,6 +97,33 @@ def job_create(*, job_type: str, payload, run_at: datetime | None = None,
             if not unique_key or attempt == 2:
                 raise
     raise AssertionError("unreachable")
+
+
+_insert_sql: tuple[str, list] | None = None
+
+
+def insert_job(job: Job) -> None:
+    """INSERT one new ledger row with the values the ORM would write (each field's pre_save
+    and get_db_prep_save, so auto_now_add and JSON encoding are the ORM's own), without the
+    ORM's query building: on this hot path that building cost as much as the round trip
+    (590 µs for Job.objects.create against 300 µs for the same INSERT through a cursor).
+    Job has no save signals to skip. Other backends: the ORM."""
+    global _insert_sql
+    if connection.vendor != "mysql":
+        job.save(force_insert=True)
+        return
+    if _insert_sql is None:
+        fields = [f for f in Job._meta.concrete_fields if not f.primary_key]
+        columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+        _insert_sql = (f"INSERT INTO {connection.ops.quote_name(Job._meta.db_table)} ({columns}) "
+                       f"VALUES ({', '.join(['%s'] * len(fields))})", fields)
+    sql, fields = _insert_sql
+    values = [f.get_db_prep_save(f.pre_save(job, True), connection) for f in fields]
+    with connection.cursor() as cursor:  # Django's cursor: an IntegrityError is Django's
+        cursor.execute(sql, values)
+        job.pk = cursor.lastrowid
+    job._state.adding = False
+    job._state.db = connection.alias
 
 
 def job_create_many(*, job_type: str, payloads: list, run_at: datetime | None = None,

@@ -56,13 +56,47 @@ def job_claim(job_id: int, *, worker: str) -> Job | None:
     pending (a duplicate or stale wake-up)."""
     now = timezone.now()
     lease = now + timedelta(seconds=settings.JOBS_LEASE_SECONDS)
-    claimed = _execute(
-        "UPDATE {table} SET state=%s, attempts=attempts+1, started_at=%s, lease_expires_at=%s, worker=%s "
-        "WHERE id=%s AND state=%s",
-        [JobState.ACTIVE.value, _dt(now), _dt(lease), worker, job_id, JobState.PENDING.value])
-    if not claimed:
+    claim_sql = ("UPDATE {table} SET state=%s, attempts=attempts+1, started_at=%s, lease_expires_at=%s, worker=%s "
+                 "WHERE id=%s AND state=%s")
+    claim_params = [JobState.ACTIVE.value, _dt(now), _dt(lease), worker, job_id, JobState.PENDING.value]
+    if connection.vendor == "mysql":
+        return _claim_and_read(claim_sql, claim_params, job_id, worker, now)
+    if not _execute(claim_sql, claim_params):
         return None
     return fetch_job(job_id)
+
+
+# MYSQL_OPTION_MULTI_STATEMENTS_ON for mysql_set_server_option(): this connection (only) may
+# send several statements in one round trip. Parameters are still escaped by the driver.
+_MULTI_STATEMENTS_ON = 0
+
+
+def _claim_and_read(claim_sql: str, claim_params: list, job_id: int, worker: str, now: datetime) -> Job | None:
+    """The claim UPDATE and the read of the claimed row in one round trip (MariaDB 10.11 has
+    no UPDATE ... RETURNING): two statements in one packet. The SELECT is fenced by what this
+    claim wrote (active, this worker, this started_at to the microsecond), so it returns the
+    row only if this UPDATE took it: a wake-up another worker won, or one for a job that is no
+    longer pending, reads nothing."""
+    connection.ensure_connection()
+    raw = connection.connection
+    if not getattr(raw, "_jobs_multi_statements", False):
+        raw.set_server_option(_MULTI_STATEMENTS_ON)  # once per connection
+        raw._jobs_multi_statements = True
+    table = Job._meta.db_table
+    read_sql = (f"SELECT {_columns()} FROM {table} "
+                "WHERE id=%s AND state=%s AND worker=%s AND started_at=%s")
+    with connection.cursor() as cursor:
+        cursor.execute(claim_sql.format(table=table) + "; " + read_sql,
+                       claim_params + [job_id, JobState.ACTIVE.value, worker, _dt(now)])
+        cursor.nextset()  # past the UPDATE's result to the SELECT's
+        row = cursor.fetchone()
+        while cursor.nextset():  # nothing must be left unread on the connection
+            pass
+    return None if row is None else _job_from_row(row)
+
+
+def _columns() -> str:
+    return ", ".join(connection.ops.quote_name(f.column) for f in Job._meta.concrete_fields)
 
 
 def fetch_job(job_id: int) -> Job:
@@ -70,13 +104,16 @@ def fetch_job(job_id: int) -> Job:
     read the row with a plain cursor and convert the two kinds of column that need it."""
     if connection.vendor != "mysql":
         return Job.objects.get(pk=job_id)
-    fields = Job._meta.concrete_fields
-    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {columns} FROM {Job._meta.db_table} WHERE id = %s", [job_id])
+        cursor.execute(f"SELECT {_columns()} FROM {Job._meta.db_table} WHERE id = %s", [job_id])
         row = cursor.fetchone()
     if row is None:
         raise Job.DoesNotExist(f"job {job_id} does not exist")
+    return _job_from_row(row)
+
+
+def _job_from_row(row) -> Job:
+    fields = Job._meta.concrete_fields
     values = []
     for f, value in zip(fields, row):
         if value is not None:
