@@ -83,8 +83,10 @@ MUTATIONS = [
     # Beyond the seven: rules whose loss no other single test would name.
     Mutation(
         "a claim does not check the job is pending", "jobs/services/running.py",
-        '"WHERE id=%s AND state=%s",\n        [JobState.ACTIVE.value, _dt(now), _dt(lease), worker, job_id, JobState.PENDING.value])',
-        '"WHERE id=%s AND state<>%s",\n        [JobState.ACTIVE.value, _dt(now), _dt(lease), worker, job_id, JobState.COMPLETED.value])',
+        '"WHERE id=%s AND state=%s")\n'
+        '    claim_params = [JobState.ACTIVE.value, _dt(now), _dt(lease), worker, job_id, JobState.PENDING.value]',
+        '"WHERE id=%s AND state<>%s")\n'
+        '    claim_params = [JobState.ACTIVE.value, _dt(now), _dt(lease), worker, job_id, JobState.COMPLETED.value]',
         [T + "test_only_a_pending_job_can_be_claimed_and_only_once"]),
     Mutation(
         "no backoff between retries", "jobs/services/running.py",

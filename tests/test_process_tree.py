@@ -21,7 +21,6 @@ from jobs import broker, progress, scheduler, services
 from jobs.dispatcher import repush_lost
 from jobs.system import SYSTEM_NOOP
 from jobs.models import Job, JobState
-from jobs.system import SYSTEM_NOOP
 from nextevent.redis import get_redis, queue_key
 from news.factories import NewsFactory
 from news.models import News, NewsStatus

@@ -3,6 +3,7 @@ certificates the test makes, against a TLS-only private redis-server and a priva
 whose user must use TLS. A missing file stops start-up with one line naming the setting."""
 
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -17,8 +18,17 @@ from tests.conftest import ROOT, wait_for
 from tests.redis_servers import RedisProcess
 from tests.tls_certs import make_certs
 
-REDIS_TLS_PORT = 16730
-MARIADB_PORT = 16800
+
+
+def _free_port() -> int:
+    # A fixed port collided with another run's server on this shared machine: ask the kernel.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+REDIS_TLS_PORT = _free_port()
+MARIADB_PORT = _free_port()
 
 
 @pytest.fixture(scope="module")

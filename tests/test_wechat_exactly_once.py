@@ -65,7 +65,9 @@ def test_a_lost_submit_answer_while_publishing_outlasts_every_check_is_submitted
     unknown = wait_for(lambda: article_in(news, ArticleState.UNKNOWN), 60, message="the article to need a person")
     assert "Submitting again could publish twice" in unknown.last_error
     assert counts(wechat) == {"draft/add": 1, "freepublish/submit": 1, "publications": 1, "drafts in the box": 1}
-    dead = Job.objects.get(job_type=WECHAT_PUBLISHING, subject=f"news:{news.pk}", state=JobState.DEAD)
+    # The article commits inside the handler; its job goes dead in the next statement.
+    dead = wait_for(lambda: Job.objects.filter(job_type=WECHAT_PUBLISHING, subject=f"news:{news.pk}",
+                                               state=JobState.DEAD).first(), 20, message="the job to go dead")
     assert wechat.count("freepublish/batchget") == 3 and dead.attempts == 1
 
     # WeChat finishes and pushes a publish_id we never got: matched by the marker in its content.
