@@ -13,9 +13,12 @@ import threading
 
 from django.conf import settings
 from django.db import close_old_connections
+from django.utils import timezone
 from django_q.exceptions import TimeoutException
 
 from jobs import services
+from jobs.services.completing import deferred
+from jobs.services.running import Completion
 from jobs.errors import PermanentError, Snooze
 from jobs.events import log_job_event
 from jobs.progress import note_claim
@@ -66,7 +69,12 @@ _lease = LeaseKeeper()
 
 def run_job(job_id: int) -> str:
     """The django-q2 task function for every job type."""
-    job = services.job_claim(job_id, worker=services.worker_id())
+    completing = deferred.take() if deferred.enabled else []
+    try:
+        job = services.job_claim(job_id, worker=services.worker_id(), completing=completing)
+    except BaseException:
+        deferred.give_back(completing)
+        raise
     if job is None:
         logger.debug("job %s: wake-up skipped, not pending (duplicate or stale)", job_id)
         return "skipped"
@@ -99,5 +107,10 @@ def run_job(job_id: int) -> str:
         return "failed"
     finally:
         _lease.release()
-    services.job_complete(job, result=str(result) if result is not None else "")
+    result = str(result) if result is not None else ""
+    if deferred.enabled:
+        deferred.add(Completion(job, timezone.now(), result))
+    else:
+        services.job_complete(job, result=result)
     return "completed"
+

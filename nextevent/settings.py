@@ -168,6 +168,10 @@ JOBS_HOLDER_CHECK_INTERVAL = env.float("JOBS_HOLDER_CHECK_INTERVAL", 0.5, min_va
 # this long (no job running) while its list held wake-ups is wedged: the supervisor restarts it.
 JOBS_STALL_AFTER = env.float("JOBS_STALL_AFTER", 10, min_value=1)
 JOBS_DISPATCH_INTERVAL = env.float("JOBS_DISPATCH_INTERVAL", 0.1, min_value=0.01)
+# A cluster worker records a finished job in its next claim's transaction, or after this many
+# ms if no claim comes first (jobs/services/completing.py); 0 writes each completion at once.
+# The lease is not renewed meanwhile, so the delay must stay well inside it.
+JOBS_COMPLETION_FLUSH_MS = env.int("JOBS_COMPLETION_FLUSH_MS", 10, min_value=0, max_value=JOBS_LEASE_SECONDS * 500)
 JOBS_REPUSH_AFTER = env.int("JOBS_REPUSH_AFTER", 10, min_value=1)
 JOBS_SHUTDOWN_GRACE = env.int("JOBS_SHUTDOWN_GRACE", 30, min_value=0)
 JOBS_BACKOFF_BASE = env.float("JOBS_BACKOFF_BASE", 1.0, min_value=0)

@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 import logging
 import traceback
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 
 from django.conf import settings
-from django.db import connection, models
+from django.db import DatabaseError, connection, models
 from django.db.models import F
 from django.utils import timezone
 
@@ -51,16 +52,23 @@ def _dt(value: datetime):
     return connection.ops.adapt_datetimefield_value(value)
 
 
-def job_claim(job_id: int, *, worker: str) -> Job | None:
+def job_claim(job_id: int, *, worker: str, completing: list[Completion] = ()) -> Job | None:
     """pending -> active for one worker. None if another worker has it or it is no longer
-    pending (a duplicate or stale wake-up)."""
+    pending (a duplicate or stale wake-up). `completing`: this worker's finished jobs whose
+    completion was deferred (jobs/services/completing.py), written in the claim's own
+    transaction, so a busy worker commits once per job instead of twice."""
     now = timezone.now()
     lease = now + timedelta(seconds=settings.JOBS_LEASE_SECONDS)
     claim_sql = ("UPDATE {table} SET state=%s, attempts=attempts+1, started_at=%s, lease_expires_at=%s, worker=%s "
                  "WHERE id=%s AND state=%s")
     claim_params = [JobState.ACTIVE.value, _dt(now), _dt(lease), worker, job_id, JobState.PENDING.value]
+    completing = list(completing)
+    if connection.vendor == "mysql" and (connection.get_autocommit() or not completing):
+        return _claim_and_read(claim_sql, claim_params, job_id, worker, now, completing)
+    for done in completing:  # SQLite, or inside a caller's transaction (no BEGIN of our own there)
+        write_completion(done)
     if connection.vendor == "mysql":
-        return _claim_and_read(claim_sql, claim_params, job_id, worker, now)
+        return _claim_and_read(claim_sql, claim_params, job_id, worker, now, [])
     if not _execute(claim_sql, claim_params):
         return None
     return fetch_job(job_id)
@@ -71,12 +79,15 @@ def job_claim(job_id: int, *, worker: str) -> Job | None:
 _MULTI_STATEMENTS_ON = 0
 
 
-def _claim_and_read(claim_sql: str, claim_params: list, job_id: int, worker: str, now: datetime) -> Job | None:
+def _claim_and_read(claim_sql: str, claim_params: list, job_id: int, worker: str, now: datetime,
+                    completing: list[Completion]) -> Job | None:
     """The claim UPDATE and the read of the claimed row in one round trip (MariaDB 10.11 has
     no UPDATE ... RETURNING): two statements in one packet. The SELECT is fenced by what this
     claim wrote (active, this worker, this started_at to the microsecond), so it returns the
     row only if this UPDATE took it: a wake-up another worker won, or one for a job that is no
-    longer pending, reads nothing."""
+    longer pending, reads nothing. Deferred completions go first in the same packet, all in
+    one transaction (one commit). If that transaction fails (a deadlock, say), it is rolled
+    back and each completion is written on its own before the plain claim."""
     connection.ensure_connection()
     raw = connection.connection
     if not getattr(raw, "_jobs_multi_statements", False):
@@ -85,18 +96,53 @@ def _claim_and_read(claim_sql: str, claim_params: list, job_id: int, worker: str
     table = Job._meta.db_table
     read_sql = (f"SELECT {_columns()} FROM {table} "
                 "WHERE id=%s AND state=%s AND worker=%s AND started_at=%s")
+    statements, params = [], []
+    for done in completing:
+        sql, values = _completion_statement(done)
+        statements.append(sql)
+        params += values
+    statements += [claim_sql.format(table=table), read_sql]
+    params += claim_params + [job_id, JobState.ACTIVE.value, worker, _dt(now)]
+    if completing:
+        statements = ["BEGIN"] + statements + ["COMMIT"]
     with connection.cursor() as cursor:
-        cursor.execute(claim_sql.format(table=table) + "; " + read_sql,
-                       claim_params + [job_id, JobState.ACTIVE.value, worker, _dt(now)])
-        cursor.nextset()  # past the UPDATE's result to the SELECT's
-        row = cursor.fetchone()
-        while cursor.nextset():  # nothing must be left unread on the connection
-            pass
+        try:
+            cursor.execute("; ".join(statements), params)
+            written = []
+            if completing:
+                cursor.nextset()  # past BEGIN
+                for _ in completing:
+                    written.append(cursor.rowcount)
+                    cursor.nextset()
+            cursor.nextset()  # past the claim UPDATE's result to the SELECT's
+            row = cursor.fetchone()
+            while cursor.nextset():  # nothing must be left unread on the connection
+                pass
+        except DatabaseError:
+            if not completing:
+                raise
+            # The transaction is undone as a whole (InnoDB has rolled a deadlock back already);
+            # a ROLLBACK that fails too means the connection is gone: the caller keeps the
+            # completions for the next try.
+            cursor.execute("ROLLBACK")
+            logger.warning("claim of job %s with %s completions failed; writing them one by one",
+                           job_id, len(completing), exc_info=True)
+            for done in completing:
+                write_completion(done)
+            return _claim_and_read(claim_sql, claim_params, job_id, worker, now, [])
+    for done, count in zip(completing, written):
+        _log_completion(done, count)
     return None if row is None else _job_from_row(row)
 
 
+_columns_sql = ""
+
+
 def _columns() -> str:
-    return ", ".join(connection.ops.quote_name(f.column) for f in Job._meta.concrete_fields)
+    global _columns_sql
+    if not _columns_sql:
+        _columns_sql = ", ".join(connection.ops.quote_name(f.column) for f in Job._meta.concrete_fields)
+    return _columns_sql
 
 
 def fetch_job(job_id: int) -> Job:
@@ -112,17 +158,22 @@ def fetch_job(job_id: int) -> Job:
     return _job_from_row(row)
 
 
+_row_kinds: list[tuple[str, bool, bool]] = []
+
+
 def _job_from_row(row) -> Job:
-    fields = Job._meta.concrete_fields
+    if not _row_kinds:
+        _row_kinds.extend((f.attname, isinstance(f, models.DateTimeField), isinstance(f, models.JSONField))
+                          for f in Job._meta.concrete_fields)
     values = []
-    for f, value in zip(fields, row):
+    for (_, is_datetime, is_json), value in zip(_row_kinds, row):
         if value is not None:
-            if isinstance(f, models.DateTimeField):
+            if is_datetime:
                 value = value.replace(tzinfo=dt_timezone.utc)  # stored in UTC (USE_TZ)
-            elif isinstance(f, models.JSONField) and isinstance(value, (str, bytes)):
+            elif is_json and isinstance(value, (str, bytes)):
                 value = json.loads(value)
         values.append(value)
-    return Job.from_db(connection.alias, [f.attname for f in fields], values)
+    return Job.from_db(connection.alias, [attname for attname, _, _ in _row_kinds], values)
 
 
 def job_renew_lease(job_id: int, attempt: int) -> bool:
@@ -134,20 +185,44 @@ def _running(job: Job):
     return Job.objects.filter(pk=job.pk, state=JobState.ACTIVE, attempts=job.attempts)
 
 
-def job_complete(job: Job, *, result: str = "") -> bool:
-    now = timezone.now()
-    done = _execute(
-        "UPDATE {table} SET state=%s, finished_at=%s, lease_expires_at=NULL, live_key=NULL, waiting_reason='', "
-        "result=%s "
-        "WHERE id=%s AND state=%s AND attempts=%s",
-        [JobState.COMPLETED.value, _dt(now), (result or "")[:MAX_RESULT_CHARS], job.pk, JobState.ACTIVE.value,
-         job.attempts])
-    if done:
-        log_job_event("completed", job, duration_ms=_ms(job.started_at, now))
+@dataclass(frozen=True)
+class Completion:
+    """A finished attempt to record: the job as claimed (its id and attempt fence the write)."""
+
+    job: Job
+    finished_at: datetime
+    result: str
+
+
+def _completion_statement(done: Completion) -> tuple[str, list]:
+    return ("UPDATE {table} SET state=%s, finished_at=%s, lease_expires_at=NULL, live_key=NULL, "
+            "waiting_reason='', result=%s WHERE id=%s AND state=%s AND attempts=%s").format(
+        table=Job._meta.db_table), [
+        JobState.COMPLETED.value, _dt(done.finished_at), (done.result or "")[:MAX_RESULT_CHARS], done.job.pk,
+        JobState.ACTIVE.value, done.job.attempts]
+
+
+def _log_completion(done: Completion, written: int) -> None:
+    if written:
+        log_job_event("completed", done.job, duration_ms=_ms(done.job.started_at, done.finished_at))
     else:
         logger.warning("job %s attempt %s finished after losing its lease; result not recorded",
-                       job.pk, job.attempts)
-    return bool(done)
+                       done.job.pk, done.job.attempts)
+
+
+def write_completion(done: Completion) -> bool:
+    """active -> completed, fenced by the attempt: False if the job moved meanwhile (its lease
+    was taken over), and then nothing is written."""
+    sql, params = _completion_statement(done)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        written = cursor.rowcount
+    _log_completion(done, written)
+    return bool(written)
+
+
+def job_complete(job: Job, *, result: str = "") -> bool:
+    return write_completion(Completion(job, timezone.now(), result))
 
 
 def _error_entry(job: Job, message: str, tb: str, now: datetime, exception_class: str) -> dict:

@@ -39,6 +39,9 @@ class Command(BaseCommand):
         from jobs import cluster_guard
 
         cluster_guard.install()
+        from jobs.services.completing import defer_in_workers
+
+        defer_in_workers()
 
         from jobs.liveness import publish_cluster_heartbeat
 
