@@ -8,7 +8,7 @@ import logging
 from contextlib import nullcontext
 from datetime import datetime, timedelta
 
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, connection, models, transaction
 from django.utils import timezone
 
 from jobs import broker, clock
@@ -100,6 +100,10 @@ def job_create(*, job_type: str, payload, run_at: datetime | None = None,
 
 
 _insert_sql: tuple[str, list] | None = None
+# Fields whose database value is the Python value itself when that is a str, an int or None
+# (their get_db_prep_save only converts other types): the fast path skips the ORM's call.
+_AS_IS_FIELDS = (models.CharField, models.TextField, models.IntegerField)
+_AS_IS_TYPES = (str, int, type(None))
 
 
 def insert_job(job: Job) -> None:
@@ -116,9 +120,14 @@ def insert_job(job: Job) -> None:
         fields = [f for f in Job._meta.concrete_fields if not f.primary_key]
         columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
         _insert_sql = (f"INSERT INTO {connection.ops.quote_name(Job._meta.db_table)} ({columns}) "
-                       f"VALUES ({', '.join(['%s'] * len(fields))})", fields)
+                       f"VALUES ({', '.join(['%s'] * len(fields))})",
+                       [(f, isinstance(f, _AS_IS_FIELDS) and not isinstance(f, models.BooleanField))
+                        for f in fields])
     sql, fields = _insert_sql
-    values = [f.get_db_prep_save(f.pre_save(job, True), connection) for f in fields]
+    values = []
+    for f, as_is in fields:
+        value = f.pre_save(job, True)
+        values.append(value if as_is and type(value) in _AS_IS_TYPES else f.get_db_prep_save(value, connection))
     with connection.cursor() as cursor:  # Django's cursor: an IntegrityError is Django's
         cursor.execute(sql, values)
         job.pk = cursor.lastrowid
