@@ -56,13 +56,11 @@ MUTATIONS = [
         "    return Job.objects.filter(pk=job.pk, state=JobState.ACTIVE)",
         [T + "test_a_stale_worker_cannot_fail_a_job_another_worker_now_runs"]),
     Mutation(
-        "no attempt fencing in job_complete", "jobs/services/running.py",
-        '"WHERE id=%s AND state=%s AND attempts=%s",\n'
-        '        [JobState.COMPLETED.value, _dt(now), (result or "")[:MAX_RESULT_CHARS], job.pk, JobState.ACTIVE.value,\n'
-        '         job.attempts])',
-        '"WHERE id=%s AND state=%s",\n'
-        '        [JobState.COMPLETED.value, _dt(now), (result or "")[:MAX_RESULT_CHARS], job.pk, JobState.ACTIVE.value])',
-        [T + "test_a_stale_worker_cannot_complete_a_job_another_worker_now_runs"]),
+        "no attempt fencing in a completion", "jobs/services/running.py",
+        '"waiting_reason=\'\', result=%s WHERE id=%s AND state=%s AND attempts=%s").format(',
+        '"waiting_reason=\'\', result=%s WHERE id=%s AND state=%s AND %s IS NOT NULL").format(',
+        [T + "test_a_stale_worker_cannot_complete_a_job_another_worker_now_runs",
+         "tests/test_completions_deferred.py::test_a_stale_attempt_is_not_recorded_and_the_claim_still_happens"]),
     Mutation(
         "the supervisor never restarts a dead cluster", "jobs/supervisor.py",
         "        if now >= child.next_start:\n            self._start(child)",
