@@ -107,7 +107,8 @@ def run_job(job_id: int) -> str:
         return "failed"
     finally:
         _lease.release()
-    result = str(result) if result is not None else ""
+    # Text MySQL can store: a lone surrogate would fail the write, and with it every next claim.
+    result = str(result).encode("utf-8", "replace").decode("utf-8") if result is not None else ""
     if deferred.enabled:
         deferred.add(Completion(job, timezone.now(), result))
     else:

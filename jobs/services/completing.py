@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 # Bounded retries for the flusher when the database is away: past them the completion is
 # given up with an error and the job runs again when its lease runs out (at least once).
 FLUSH_ATTEMPTS = 5
+# How long an exiting worker waits for a write its flusher is doing (its retries sleep 2 s).
+EXIT_WAIT_SECONDS = 5.0
 
 
 class DeferredCompletions:
@@ -45,6 +47,7 @@ class DeferredCompletions:
         self._items: list[tuple[float, Completion]] = []
         self._thread: threading.Thread | None = None
         self._idle = False  # the flusher waits with no deadline: only an add() wakes it
+        self._writing = 0  # completions the flusher has taken and not finished writing
         self.enabled = False
 
     def enable(self) -> None:
@@ -80,6 +83,13 @@ class DeferredCompletions:
                 self._cond.notify()
 
     def flush_now(self) -> None:
+        """At the worker's exit: wait (bounded) for a write the flusher is doing, then write
+        the rest here. Whatever is still unwritten is logged; its job runs again when its
+        lease runs out."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._writing == 0, timeout=EXIT_WAIT_SECONDS):
+                logger.error("%s completions still being written at exit; their jobs run again when their "
+                             "leases run out", self._writing)
         self._write(self.take())
 
     def _write(self, items: list[Completion]) -> None:
@@ -109,8 +119,14 @@ class DeferredCompletions:
                     self._cond.wait(wait)
                     continue
                 items, self._items = self._items, []
-            # This thread's own database connection: the worker's main thread may be using its own.
-            self._write([done for _, done in items])
+                self._writing = len(items)
+            try:
+                # This thread's own database connection: the main thread may be using its own.
+                self._write([done for _, done in items])
+            finally:
+                with self._cond:
+                    self._writing = 0
+                    self._cond.notify_all()
 
 
 deferred = DeferredCompletions()

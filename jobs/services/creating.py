@@ -100,10 +100,17 @@ def job_create(*, job_type: str, payload, run_at: datetime | None = None,
 
 
 _insert_sql: tuple[str, list] | None = None
-# Fields whose database value is the Python value itself when that is a str, an int or None
-# (their get_db_prep_save only converts other types): the fast path skips the ORM's call.
-_AS_IS_FIELDS = (models.CharField, models.TextField, models.IntegerField)
-_AS_IS_TYPES = (str, int, type(None))
+# Fields whose database value is the Python value itself when it is already of the field's
+# type, or None (their get_db_prep_save only converts other types): the fast path skips the
+# ORM's call for them.
+_AS_IS = ((models.CharField, str), (models.TextField, str), (models.IntegerField, int))
+
+
+def _as_is_type(field) -> type | None:
+    for field_class, value_type in _AS_IS:
+        if isinstance(field, field_class):
+            return value_type
+    return None
 
 
 def insert_job(job: Job) -> None:
@@ -121,13 +128,13 @@ def insert_job(job: Job) -> None:
         columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
         _insert_sql = (f"INSERT INTO {connection.ops.quote_name(Job._meta.db_table)} ({columns}) "
                        f"VALUES ({', '.join(['%s'] * len(fields))})",
-                       [(f, isinstance(f, _AS_IS_FIELDS) and not isinstance(f, models.BooleanField))
-                        for f in fields])
+                       [(f, _as_is_type(f)) for f in fields])
     sql, fields = _insert_sql
     values = []
     for f, as_is in fields:
         value = f.pre_save(job, True)
-        values.append(value if as_is and type(value) in _AS_IS_TYPES else f.get_db_prep_save(value, connection))
+        values.append(value if as_is is not None and (value is None or type(value) is as_is)
+                      else f.get_db_prep_save(value, connection))
     with connection.cursor() as cursor:  # Django's cursor: an IntegrityError is Django's
         cursor.execute(sql, values)
         job.pk = cursor.lastrowid

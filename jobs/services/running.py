@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 
 from django.conf import settings
-from django.db import DatabaseError, connection, models
+from django.db import connection, models
 from django.db.models import F
 from django.utils import timezone
 
@@ -118,7 +118,7 @@ def _claim_and_read(claim_sql: str, claim_params: list, job_id: int, worker: str
             row = cursor.fetchone()
             while cursor.nextset():  # nothing must be left unread on the connection
                 pass
-        except DatabaseError:
+        except Exception:
             if not completing:
                 raise
             # The transaction is undone as a whole (InnoDB has rolled a deadlock back already);
@@ -128,7 +128,11 @@ def _claim_and_read(claim_sql: str, claim_params: list, job_id: int, worker: str
             logger.warning("claim of job %s with %s completions failed; writing them one by one",
                            job_id, len(completing), exc_info=True)
             for done in completing:
-                write_completion(done)
+                try:
+                    write_completion(done)
+                except Exception:  # one bad completion must not stop this worker claiming
+                    logger.exception("job %s attempt %s: completion not recorded; it runs again when its "
+                                     "lease runs out", done.job.pk, done.job.attempts)
             return _claim_and_read(claim_sql, claim_params, job_id, worker, now, [])
     for done, count in zip(completing, written):
         _log_completion(done, count)
@@ -163,8 +167,9 @@ _row_kinds: list[tuple[str, bool, bool]] = []
 
 def _job_from_row(row) -> Job:
     if not _row_kinds:
-        _row_kinds.extend((f.attname, isinstance(f, models.DateTimeField), isinstance(f, models.JSONField))
-                          for f in Job._meta.concrete_fields)
+        kinds = [(f.attname, isinstance(f, models.DateTimeField), isinstance(f, models.JSONField))
+                 for f in Job._meta.concrete_fields]
+        _row_kinds[:] = kinds
     values = []
     for (_, is_datetime, is_json), value in zip(_row_kinds, row):
         if value is not None:
@@ -206,8 +211,8 @@ def _log_completion(done: Completion, written: int) -> None:
     if written:
         log_job_event("completed", done.job, duration_ms=_ms(done.job.started_at, done.finished_at))
     else:
-        logger.warning("job %s attempt %s finished after losing its lease; result not recorded",
-                       done.job.pk, done.job.attempts)
+        logger.warning("job %s attempt %s finished after losing its lease (or was recorded already); "
+                       "result not recorded", done.job.pk, done.job.attempts)
 
 
 def write_completion(done: Completion) -> bool:
