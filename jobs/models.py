@@ -29,6 +29,9 @@ class Job(models.Model):
     payload = models.JSONField(default=dict)
     state = models.CharField(max_length=16, choices=JobState.choices)
     attempts = models.PositiveIntegerField(default=0, help_text="Attempts started so far")
+    # The fence: +1 on every claim and never reset (attempts is, by "Retry now", and goes back
+    # one on a snooze), so a worker whose lease was taken over can never move the job again.
+    claims = models.PositiveBigIntegerField(default=0, help_text="Claims so far, never reset (fences stale workers)")
     max_retries = models.PositiveSmallIntegerField(default=3)
     timeout = models.PositiveIntegerField(help_text="Seconds an attempt may run")
     run_at = models.DateTimeField(help_text="Not before this moment")

@@ -38,9 +38,9 @@ class LeaseKeeper:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def hold(self, job_id: int, attempt: int) -> None:
+    def hold(self, job_id: int, claim: int) -> None:
         with self._lock:
-            self._current = (job_id, attempt)
+            self._current = (job_id, claim)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
                 self._thread.start()
@@ -59,7 +59,7 @@ class LeaseKeeper:
             try:
                 close_old_connections()
                 if not services.job_renew_lease(*current):
-                    logger.warning("job %s attempt %s lost its lease", *current)
+                    logger.warning("job %s claim %s lost its lease", *current)
             except Exception:
                 logger.exception("lease renewal for job %s failed", current[0])
 
@@ -82,7 +82,7 @@ def run_job(job_id: int) -> str:
     if services.is_queue_paused(job.queue):
         services.job_put_back(job, reason=f"queue {job.queue} is paused")
         return "paused"
-    _lease.hold(job.pk, job.attempts)
+    _lease.hold(job.pk, job.claims)
     log_job_event("started", job, lateness_ms=int((job.started_at - job.run_at).total_seconds() * 1000))
     try:
         job_type = get_job_type(job.job_type)

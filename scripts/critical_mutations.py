@@ -40,7 +40,7 @@ class Mutation:
 MUTATIONS = [
     Mutation(
         "lease never renewed", "jobs/services/running.py",
-        "    return bool(Job.objects.filter(pk=job_id, state=JobState.ACTIVE, attempts=attempt).update(\n"
+        "    return bool(Job.objects.filter(pk=job_id, state=JobState.ACTIVE, claims=claim).update(\n"
         "        lease_expires_at=timezone.now() + timedelta(seconds=settings.JOBS_LEASE_SECONDS)))",
         "    return True",
         [T + "test_a_healthy_job_longer_than_its_lease_keeps_it_and_runs_once"]),
@@ -51,13 +51,13 @@ MUTATIONS = [
         "    state = _record_failure(job, running, error=error,",
         [T + "test_a_job_that_kills_its_worker_every_time_ends_dead_after_max_retries_plus_one"]),
     Mutation(
-        "no attempt fencing in _running", "jobs/services/running.py",
-        "    return Job.objects.filter(pk=job.pk, state=JobState.ACTIVE, attempts=job.attempts)",
+        "no claim fencing in _running", "jobs/services/running.py",
+        "    return Job.objects.filter(pk=job.pk, state=JobState.ACTIVE, claims=job.claims)",
         "    return Job.objects.filter(pk=job.pk, state=JobState.ACTIVE)",
         [T + "test_a_stale_worker_cannot_fail_a_job_another_worker_now_runs"]),
     Mutation(
-        "no attempt fencing in a completion", "jobs/services/running.py",
-        '"waiting_reason=\'\', result=%s WHERE id=%s AND state=%s AND attempts=%s").format(',
+        "no claim fencing in a completion", "jobs/services/running.py",
+        '"waiting_reason=\'\', result=%s WHERE id=%s AND state=%s AND claims=%s").format(',
         '"waiting_reason=\'\', result=%s WHERE id=%s AND state=%s AND %s IS NOT NULL").format(',
         [T + "test_a_stale_worker_cannot_complete_a_job_another_worker_now_runs",
          "tests/test_completions_deferred.py::test_a_stale_attempt_is_not_recorded_and_the_claim_still_happens"]),

@@ -55,7 +55,7 @@ def test_the_next_claim_records_the_previous_completion_in_the_same_round_trip()
 def test_a_stale_attempt_is_not_recorded_and_the_claim_still_happens():
     done = claimed()
     # Its lease was taken over meanwhile: attempt 2 runs elsewhere.
-    Job.objects.filter(pk=done.pk).update(attempts=2, worker="other:2")
+    Job.objects.filter(pk=done.pk).update(attempts=2, claims=2, worker="other:2")
     nxt = pending_job()
     job = services.job_claim(nxt.pk, worker="w:1", completing=[Completion(done, timezone.now(), "")])
     assert job is not None and Job.objects.get(pk=nxt.pk).state == JobState.ACTIVE

@@ -190,6 +190,24 @@ def test_a_stale_worker_cannot_complete_a_job_another_worker_now_runs():
     assert [e["attempt"] for e in row.errors] == [1, 2] and row.errors[1]["error"] == "RuntimeError: real"
 
 
+@pytest.mark.django_db(transaction=True)
+def test_retry_now_does_not_let_a_stale_worker_move_the_new_run():
+    """"Retry now" starts attempts again from 0, so attempt numbers repeat; the fence is the
+    claim count, which never goes back."""
+    stale, fresh = _taken_over()
+    assert services.job_fail(fresh, error="PermanentError: gave up", permanent=True) == JobState.DEAD
+    assert services.jobs_retry_now([fresh.pk]) == 1
+    again = services.job_claim(fresh.pk, worker="host-c:3")
+    assert again.attempts == stale.attempts == 1 and again.claims == 3
+    before = _row(again.pk)
+    assert services.job_complete(stale, result="stale result") is False
+    assert services.job_fail(stale, error="RuntimeError: stale") == JobState.ACTIVE
+    assert not services.job_renew_lease(stale.pk, stale.claims)
+    assert _row(again.pk) == before and before["worker"] == "host-c:3"
+    assert services.job_complete(again, result="ok")
+    assert Job.objects.get(pk=again.pk).result == "ok"
+
+
 # ---------------------------------------------------------------- 5, 6: the process tree
 
 

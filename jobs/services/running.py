@@ -1,6 +1,7 @@
 """Running jobs: the state machine of an attempt. Every transition is a conditional UPDATE
-on the row's current state and, for a running job, its attempt number, which fences off a
-worker whose lease was taken over, so two processes can never both move a job."""
+on the row's current state and, for a running job, its claim number (`claims`, +1 on every
+claim and never reset), which fences off a worker whose lease was taken over, so two
+processes can never both move a job."""
 
 from __future__ import annotations
 
@@ -59,7 +60,8 @@ def job_claim(job_id: int, *, worker: str, completing: list[Completion] = ()) ->
     transaction, so a busy worker commits once per job instead of twice."""
     now = timezone.now()
     lease = now + timedelta(seconds=settings.JOBS_LEASE_SECONDS)
-    claim_sql = ("UPDATE {table} SET state=%s, attempts=attempts+1, started_at=%s, lease_expires_at=%s, worker=%s "
+    claim_sql = ("UPDATE {table} SET state=%s, attempts=attempts+1, claims=claims+1, started_at=%s, "
+                 "lease_expires_at=%s, worker=%s "
                  "WHERE id=%s AND state=%s")
     claim_params = [JobState.ACTIVE.value, _dt(now), _dt(lease), worker, job_id, JobState.PENDING.value]
     completing = list(completing)
@@ -181,18 +183,18 @@ def _job_from_row(row) -> Job:
     return Job.from_db(connection.alias, [attname for attname, _, _ in _row_kinds], values)
 
 
-def job_renew_lease(job_id: int, attempt: int) -> bool:
-    return bool(Job.objects.filter(pk=job_id, state=JobState.ACTIVE, attempts=attempt).update(
+def job_renew_lease(job_id: int, claim: int) -> bool:
+    return bool(Job.objects.filter(pk=job_id, state=JobState.ACTIVE, claims=claim).update(
         lease_expires_at=timezone.now() + timedelta(seconds=settings.JOBS_LEASE_SECONDS)))
 
 
 def _running(job: Job):
-    return Job.objects.filter(pk=job.pk, state=JobState.ACTIVE, attempts=job.attempts)
+    return Job.objects.filter(pk=job.pk, state=JobState.ACTIVE, claims=job.claims)
 
 
 @dataclass(frozen=True)
 class Completion:
-    """A finished attempt to record: the job as claimed (its id and attempt fence the write)."""
+    """A finished attempt to record: the job as claimed (its id and claim number fence the write)."""
 
     job: Job
     finished_at: datetime
@@ -201,10 +203,10 @@ class Completion:
 
 def _completion_statement(done: Completion) -> tuple[str, list]:
     return ("UPDATE {table} SET state=%s, finished_at=%s, lease_expires_at=NULL, live_key=NULL, "
-            "waiting_reason='', result=%s WHERE id=%s AND state=%s AND attempts=%s").format(
+            "waiting_reason='', result=%s WHERE id=%s AND state=%s AND claims=%s").format(
         table=Job._meta.db_table), [
         JobState.COMPLETED.value, _dt(done.finished_at), (done.result or "")[:MAX_RESULT_CHARS], done.job.pk,
-        JobState.ACTIVE.value, done.job.attempts]
+        JobState.ACTIVE.value, done.job.claims]
 
 
 def _log_completion(done: Completion, written: int) -> None:
@@ -216,7 +218,7 @@ def _log_completion(done: Completion, written: int) -> None:
 
 
 def write_completion(done: Completion) -> bool:
-    """active -> completed, fenced by the attempt: False if the job moved meanwhile (its lease
+    """active -> completed, fenced by the claim: False if the job moved meanwhile (its lease
     was taken over), and then nothing is written."""
     sql, params = _completion_statement(done)
     with connection.cursor() as cursor:
