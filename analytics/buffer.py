@@ -79,8 +79,12 @@ def _as_bytes(value) -> bytes:
 
 
 BYTES_KEY = "nextevent:analytics:buffer-bytes"
+# KEYS[2] when a call is not rate limited (the script never reads or writes it then). Redis
+# checks every declared key against the ACL user's key patterns (deploy/redis.conf allows
+# nextevent:* and a few more): an empty name there was refused with NOPERM.
+NO_RATE_KEY = "nextevent:analytics:rate:none"
 
-# KEYS: the stream, the client's events counter ("" when not rate limited), the buffer's
+# KEYS: the stream, the client's events counter (NO_RATE_KEY when not rate limited), the buffer's
 # byte counter. ARGV: max length (0: none), events limit (0: none), window ms, entry
 # count, max bytes (0: none), this request's bytes, then for each entry its field count
 # and its field/value pairs.
@@ -153,13 +157,13 @@ def append(stream_key: str, entries: list[dict], *, rate_key: str | None = None,
     client = buffer_redis()
     wanted = settings.ANALYTICS_WAIT_REPLICAS
     if not wanted:
-        code, value, last = _script()(keys=[stream_key, rate_key or "", BYTES_KEY], args=argv, client=client)
+        code, value, last = _script()(keys=[stream_key, rate_key or NO_RATE_KEY, BYTES_KEY], args=argv, client=client)
     else:
         # WAIT counts the writes of its own connection: the script and WAIT go down one
         # connection in one pipeline. Without it, an acknowledged event that had not reached
         # a replica when the master died is lost in the failover, silently.
         pipe = client.pipeline(transaction=False)
-        _script()(keys=[stream_key, rate_key or "", BYTES_KEY], args=argv, client=pipe)
+        _script()(keys=[stream_key, rate_key or NO_RATE_KEY, BYTES_KEY], args=argv, client=pipe)
         pipe.execute_command("WAIT", wanted, settings.ANALYTICS_WAIT_TIMEOUT_MS)
         (code, value, last), confirmed = pipe.execute()
         if code >= 0 and int(confirmed) < wanted:

@@ -64,3 +64,16 @@ def test_a_full_redis_answers_503_and_keeps_every_accepted_event(shipped_redis, 
     assert b"OOM" not in response.content  # the client gets the documented message, not Redis's
     # noeviction: everything acknowledged is still there; and a refused batch left nothing behind.
     assert shipped_redis.xlen(STREAM_KEY) == accepted
+
+
+@pytest.mark.django_db
+def test_the_acl_user_can_record_events_without_a_rate_limit(shipped_redis):
+    """The Python API (no client, so no rate key) under the shipped ACL: every key the buffer's
+    script declares must match the user's key patterns, or Redis refuses the call (NOPERM)."""
+    from analytics.ingest import enqueue_news_analytics, record_events
+    from news.factories import NewsFactory
+
+    news_id = NewsFactory().pk
+    assert enqueue_news_analytics(news_id, "view", user_id="u1")
+    assert record_events([{"news_id": news_id, "event_type": "like"}] * 3) == 3
+    assert shipped_redis.xlen(STREAM_KEY) == 4
