@@ -69,7 +69,7 @@ _lease = LeaseKeeper()
 
 def run_job(job_id: int) -> str:
     """The django-q2 task function for every job type."""
-    completing = deferred.take() if deferred.enabled else []
+    completing = deferred.take()  # finished jobs this worker has not recorded yet (none if not deferring)
     try:
         job = services.job_claim(job_id, worker=services.worker_id(), completing=completing)
     except BaseException:

@@ -5,6 +5,7 @@ processes can never both move a job."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import traceback
@@ -65,12 +66,12 @@ def job_claim(job_id: int, *, worker: str, completing: list[Completion] = ()) ->
                  "WHERE id=%s AND state=%s")
     claim_params = [JobState.ACTIVE.value, _dt(now), _dt(lease), worker, job_id, JobState.PENDING.value]
     completing = list(completing)
-    if connection.vendor == "mysql" and (connection.get_autocommit() or not completing):
-        return _claim_and_read(claim_sql, claim_params, job_id, worker, now, completing)
-    for done in completing:  # SQLite, or inside a caller's transaction (no BEGIN of our own there)
-        write_completion(done)
+    if completing and not (connection.vendor == "mysql" and connection.get_autocommit()):
+        for done in completing:  # SQLite, or inside a caller's transaction (no BEGIN of our own there)
+            write_completion(done)
+        completing = []
     if connection.vendor == "mysql":
-        return _claim_and_read(claim_sql, claim_params, job_id, worker, now, [])
+        return _claim_and_read(claim_sql, claim_params, job_id, worker, now, completing)
     if not _execute(claim_sql, claim_params):
         return None
     return fetch_job(job_id)
@@ -141,14 +142,9 @@ def _claim_and_read(claim_sql: str, claim_params: list, job_id: int, worker: str
     return None if row is None else _job_from_row(row)
 
 
-_columns_sql = ""
-
-
+@functools.cache
 def _columns() -> str:
-    global _columns_sql
-    if not _columns_sql:
-        _columns_sql = ", ".join(connection.ops.quote_name(f.column) for f in Job._meta.concrete_fields)
-    return _columns_sql
+    return ", ".join(connection.ops.quote_name(f.column) for f in Job._meta.concrete_fields)
 
 
 def fetch_job(job_id: int) -> Job:
@@ -164,23 +160,22 @@ def fetch_job(job_id: int) -> Job:
     return _job_from_row(row)
 
 
-_row_kinds: list[tuple[str, bool, bool]] = []
+@functools.cache
+def _row_kinds() -> tuple[tuple[str, bool, bool], ...]:
+    return tuple((f.attname, isinstance(f, models.DateTimeField), isinstance(f, models.JSONField))
+                 for f in Job._meta.concrete_fields)
 
 
 def _job_from_row(row) -> Job:
-    if not _row_kinds:
-        kinds = [(f.attname, isinstance(f, models.DateTimeField), isinstance(f, models.JSONField))
-                 for f in Job._meta.concrete_fields]
-        _row_kinds[:] = kinds
     values = []
-    for (_, is_datetime, is_json), value in zip(_row_kinds, row):
+    for (_, is_datetime, is_json), value in zip(_row_kinds(), row):
         if value is not None:
             if is_datetime:
                 value = value.replace(tzinfo=dt_timezone.utc)  # stored in UTC (USE_TZ)
             elif is_json and isinstance(value, (str, bytes)):
                 value = json.loads(value)
         values.append(value)
-    return Job.from_db(connection.alias, [attname for attname, _, _ in _row_kinds], values)
+    return Job.from_db(connection.alias, [attname for attname, _, _ in _row_kinds()], values)
 
 
 def job_renew_lease(job_id: int, claim: int) -> bool:
