@@ -44,22 +44,39 @@ class NotReplicated(redis.RedisError):
 
 
 def buffer_redis() -> redis.Redis:
-    """The client for the buffer: settings.ANALYTICS_REDIS (a URL and an optional
-    password) or, when that is None, the project's Redis."""
+    """The client for the buffer: settings.ANALYTICS_REDIS (a URL, or a master the sentinels
+    name, and an optional password) or, when that is None, the project's Redis."""
     config = settings.ANALYTICS_REDIS
     if not config:
         return get_redis()
+    if "sentinel_master" in config:
+        return _sentinel_client(config["sentinel_master"], config["db"], config.get("password") or None)
     return _client(config["url"], config.get("password") or None)
 
 
 @functools.lru_cache(maxsize=4)
 def _client(url: str, password: str | None) -> redis.Redis:
-    from nextevent.config import _redis_retry
+    from nextevent.config import _redis_retry, redis_wait_options
 
     extra = {"password": password} if password else {}
-    # The same timeouts and quick retries as the main client (nextevent/config.py).
-    return redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30, retry=_redis_retry(),
-                                **extra)
+    # The same timeouts and quick retries as the main client (nextevent/config.py); a unix
+    # socket takes no TCP keepalive.
+    waits = redis_wait_options(settings.REDIS_SOCKET_TIMEOUT)
+    if url.startswith("unix://"):
+        waits = {"socket_timeout": waits["socket_timeout"], "health_check_interval": waits["health_check_interval"]}
+    return redis.Redis.from_url(url, socket_connect_timeout=5, retry=_redis_retry(), **waits, **extra)
+
+
+@functools.lru_cache(maxsize=4)
+def _sentinel_client(master: str, db: int, password: str | None) -> redis.Redis:
+    """The master named `master` by the project's sentinels (REDIS_SENTINELS), asked again on
+    every new connection, so a failover of the analytics Redis is followed like the main one's."""
+    from nextevent.redis_sentinel import make_client
+
+    sentinel = {**settings.REDIS_SENTINEL, "master": master}
+    # The main server's ACL user and password are not the analytics server's.
+    return make_client(settings.REDIS, sentinel, db=db, password=password, username=None)
+
 
 
 # Redis memory one entry takes, estimated from its fields' bytes: measured on Redis 7.0

@@ -2,7 +2,7 @@
 hold its lease while the handler runs, record the outcome.
 
 django-q2 on Redis delivers at most once and knows nothing of retries; all of that lives
-here and in jobs/services.py. run_job never lets a handler's exception reach django-q2,
+here and in jobs/services/. run_job never lets a handler's exception reach django-q2,
 except its own TimeoutException, which must propagate so the worker process is replaced.
 """
 
@@ -12,7 +12,7 @@ import logging
 import threading
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 from django.utils import timezone
 from django_q.exceptions import TimeoutException
 
@@ -56,12 +56,18 @@ class LeaseKeeper:
                 current = self._current
             if current is None:
                 continue
-            try:
-                close_old_connections()
-                if not services.job_renew_lease(*current):
-                    logger.warning("job %s claim %s lost its lease", *current)
-            except Exception:
-                logger.exception("lease renewal for job %s failed", current[0])
+            # A renewal that failed (its connection timed out: the server vanished) is tried
+            # again at once on a new connection, not a heartbeat later: the lease must not run
+            # out under a live job (JOBS_DB_TIMEOUT + JOBS_HEARTBEAT_SECONDS < the lease).
+            for attempt in (1, 2):
+                try:
+                    close_old_connections()
+                    if not services.job_renew_lease(*current):
+                        logger.warning("job %s claim %s lost its lease", *current)
+                    break
+                except Exception:
+                    logger.exception("lease renewal for job %s failed (try %d of 2)", current[0], attempt)
+                    connection.close()
 
 
 _lease = LeaseKeeper()

@@ -120,11 +120,44 @@ def database_config(env: Env, *, embedded: bool) -> dict:
             # Row claims and SKIP LOCKED behave as expected only under READ COMMITTED.
             "isolation_level": "read committed",
             "connect_timeout": env.int("DB_CONNECT_TIMEOUT", 5, min_value=1),
+            # read_timeout / write_timeout come from database_timeouts(), per process role.
             **database_tls_options(env),
         },
         "TEST": {"NAME": env.str("DB_TEST_NAME", "test_" + env.str("DB_NAME", "nextevent")),
                  "CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"},
     }
+
+
+# What a process is, for how long it may wait on one MySQL read or write. A connection whose
+# server vanished (a failover moved its address, the host died) is never closed by the
+# other side: without a read timeout a query waits for TCP to give up, about 15 minutes.
+ENGINE_COMMANDS = frozenset({"qcluster", "jobs_cluster"})
+# Schema changes on a large ledger legitimately take minutes and hold no job: no bound.
+SCHEMA_COMMANDS = frozenset({"migrate"})
+
+
+def process_role(argv: list[str]) -> str:
+    """"engine" for qcluster and its clusters, "schema" for migrate, else "default" (web,
+    one-off commands, tests). Read from argv because settings load before the command runs."""
+    command = argv[1] if len(argv) > 1 and argv[0].endswith(("manage.py", "django-admin")) else ""
+    if command in ENGINE_COMMANDS:
+        return "engine"
+    if command in SCHEMA_COMMANDS:
+        return "schema"
+    return "default"
+
+
+def database_timeouts(env: Env, *, role: str, engine_timeout: int) -> dict:
+    """mysqlclient's read_timeout and write_timeout (seconds) for this process's role: the
+    engine's loops (dispatcher, claims, lease renewals) JOBS_DB_TIMEOUT, so a dead connection
+    is given up well inside a lease; web requests and commands DB_READ_TIMEOUT and
+    DB_WRITE_TIMEOUT; migrate none."""
+    if role == "schema":
+        return {}
+    if role == "engine":
+        return {"read_timeout": engine_timeout, "write_timeout": engine_timeout}
+    return {"read_timeout": env.int("DB_READ_TIMEOUT", 30, min_value=1),
+            "write_timeout": env.int("DB_WRITE_TIMEOUT", 30, min_value=1)}
 
 
 def database_tls_options(env: Env) -> dict:
@@ -153,19 +186,50 @@ def _redis_retry():
     return Retry(ExponentialBackoff(cap=0.5, base=0.05), 2)
 
 
+# The longest blocking command any client sends: django-q2's BLPOP waits 1 s for a wake-up
+# (brokers/redis_broker.py). The socket timeout must leave it room, or every idle worker's
+# BLPOP would end in a timeout error.
+LONGEST_BLOCKING_COMMAND_S = 1.0
+
+
+def redis_socket_timeout(env: Env) -> float:
+    timeout = env.float("REDIS_SOCKET_TIMEOUT", 5.0, min_value=0.1)
+    if timeout <= LONGEST_BLOCKING_COMMAND_S + 1:
+        raise ConfigError(f"REDIS_SOCKET_TIMEOUT must be more than {LONGEST_BLOCKING_COMMAND_S + 1:g} s "
+                          f"(the workers' BLPOP waits {LONGEST_BLOCKING_COMMAND_S:g} s), got {timeout:g}")
+    return timeout
+
+
+def redis_wait_options(socket_timeout: float) -> dict:
+    """Bounded waits for every TCP Redis client: a read on a connection whose server vanished
+    (no RST, no FIN) fails after REDIS_SOCKET_TIMEOUT and redis-py's retry reconnects; TCP
+    keepalive finds dead idle connections in the pool; a health check pings one idle 30 s."""
+    return {"socket_timeout": socket_timeout, "socket_keepalive": True,
+            "socket_keepalive_options": _keepalive_options(), "health_check_interval": 30}
+
+
+def _keepalive_options() -> dict:
+    import socket
+
+    # Probe after 10 s idle, every 5 s, give up after 3 unanswered: a dead peer in ~25 s.
+    options = {"TCP_KEEPIDLE": 10, "TCP_KEEPINTVL": 5, "TCP_KEEPCNT": 3}
+    return {getattr(socket, name): value for name, value in options.items() if hasattr(socket, name)}
+
+
 def redis_config(env: Env, *, embedded: bool) -> dict:
     """Connection keywords for redis-py; used by django-q2's broker and by every other client."""
     if embedded:
         from nextevent import embedded as embedded_redis
 
         return {"unix_socket_path": str(embedded_redis.ensure_server()),
-                "db": env.int("REDIS_DB", 0, min_value=0, max_value=15), "retry": _redis_retry()}
+                "db": env.int("REDIS_DB", 0, min_value=0, max_value=15), "retry": _redis_retry(),
+                "socket_timeout": redis_socket_timeout(env)}
     config = {
         "host": env.str("REDIS_HOST", "localhost"),
         "port": env.int("REDIS_PORT", 6379, min_value=1, max_value=65535),
         "db": env.int("REDIS_DB", 0, min_value=0, max_value=15),
         "socket_connect_timeout": 5,
-        "health_check_interval": 30,
+        **redis_wait_options(redis_socket_timeout(env)),
         "retry": _redis_retry(),
     }
     password = env.str("REDIS_PASSWORD", "")
@@ -182,15 +246,29 @@ def redis_config(env: Env, *, embedded: bool) -> dict:
 
 
 def analytics_redis_config(env: Env) -> dict | None:
-    """ANALYTICS_REDIS_URL (redis://host:port/db, rediss://..., unix:///path?db=N) and an
-    optional ANALYTICS_REDIS_PASSWORD (kept out of the URL, so the URL can be logged).
-    None: the analytics buffer shares the project's Redis."""
+    """The analytics buffer's own Redis, either by URL: ANALYTICS_REDIS_URL (redis://host:port/db,
+    rediss://..., unix:///path?db=N), or through the sentinels of REDIS_SENTINELS:
+    ANALYTICS_REDIS_SENTINEL_MASTER (the master's name there) with ANALYTICS_REDIS_DB; an
+    optional ANALYTICS_REDIS_PASSWORD either way (kept out of the URL, so the URL can be
+    logged). None: the analytics buffer shares the project's Redis."""
     url = env.str("ANALYTICS_REDIS_URL", "")
+    master = (env.str("ANALYTICS_REDIS_SENTINEL_MASTER", "") or "").strip()
+    password = env.str("ANALYTICS_REDIS_PASSWORD", "")
+    if master:
+        if url:
+            raise ConfigError("ANALYTICS_REDIS_URL and ANALYTICS_REDIS_SENTINEL_MASTER exclude each other: "
+                              "set the URL for a fixed server, the master name to follow the sentinels")
+        if not (env.str("REDIS_SENTINELS", "") or "").strip():
+            raise ConfigError("ANALYTICS_REDIS_SENTINEL_MASTER needs REDIS_SENTINELS: the sentinels that know it")
+        if any(c.isspace() for c in master):
+            raise ConfigError(f"ANALYTICS_REDIS_SENTINEL_MASTER must be a master name without spaces, got {master!r}")
+        return {"sentinel_master": master, "db": env.int("ANALYTICS_REDIS_DB", 0, min_value=0, max_value=15),
+                "password": password}
     if not url:
         return None
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"ANALYTICS_REDIS_URL must start with redis://, rediss:// or unix://, got {url[:40]!r}")
-    return {"url": url, "password": env.str("ANALYTICS_REDIS_PASSWORD", "")}
+    return {"url": url, "password": password}
 
 
 def meta_header_name(env: Env, name: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 
 from jobs.queues import DEFAULT_WORKERS
 from nextevent.config import (
@@ -11,13 +12,16 @@ from nextevent.config import (
     Env,
     check_secret_key,
     database_config,
+    database_timeouts,
     embedded_enabled,
     analytics_redis_config,
     generated_secret_key,
+    process_role,
     proxy_ssl_header,
     meta_header_name,
     read_dotenv,
     redis_config,
+    redis_socket_timeout,
 )
 from nextevent.redis_sentinel import sentinel_config
 
@@ -140,6 +144,7 @@ SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
 
 # --- Redis: one set of connection keywords for every client in the project ---
 REDIS = redis_config(env, embedded=EMBEDDED)
+REDIS_SOCKET_TIMEOUT = redis_socket_timeout(env)  # also the analytics buffer's own Redis
 # Sentinels that name the master (REDIS_SENTINELS); None: REDIS's host and port (issue 14).
 REDIS_SENTINEL = None if EMBEDDED else sentinel_config(env)
 
@@ -162,6 +167,19 @@ JOBS_HEARTBEAT_SECONDS = env.float("JOBS_HEARTBEAT_SECONDS", 2, min_value=0.5)
 if JOBS_HEARTBEAT_SECONDS * 2 > JOBS_LEASE_SECONDS:
     raise ConfigError("JOBS_HEARTBEAT_SECONDS must be at most half of JOBS_LEASE_SECONDS "
                       "(one late renewal must not lose a live worker's lease)")
+# One MySQL read or write of the engine's processes (qcluster: dispatcher, claims, lease
+# renewals, handlers) waits at most JOBS_DB_TIMEOUT s: a connection whose server vanished is
+# given up and the next statement runs on a fresh one. It must end well inside a lease, or a
+# renewal stuck on a dead connection would let a running job's lease run out.
+JOBS_DB_TIMEOUT = env.int("JOBS_DB_TIMEOUT", max(1, min(5, int(JOBS_LEASE_SECONDS - JOBS_HEARTBEAT_SECONDS) - 1)),
+                          min_value=1)
+if JOBS_HEARTBEAT_SECONDS + JOBS_DB_TIMEOUT >= JOBS_LEASE_SECONDS:
+    raise ConfigError(f"JOBS_DB_TIMEOUT ({JOBS_DB_TIMEOUT}) plus JOBS_HEARTBEAT_SECONDS ({JOBS_HEARTBEAT_SECONDS:g}) "
+                      f"must be less than JOBS_LEASE_SECONDS ({JOBS_LEASE_SECONDS}): a renewal that waits out "
+                      f"the timeout must still come before the lease runs out")
+PROCESS_ROLE = process_role(sys.argv)
+if not EMBEDDED:
+    DATABASES["default"]["OPTIONS"].update(database_timeouts(env, role=PROCESS_ROLE, engine_timeout=JOBS_DB_TIMEOUT))
 JOBS_HOLDER_CHECK_INTERVAL = env.float("JOBS_HOLDER_CHECK_INTERVAL", 0.5, min_value=0.1)
 # A queue with wake-ups waiting and no claim for this long is stalled: its pending jobs are
 # re-pushed even though its list is not empty; a cluster of its own that claimed nothing for

@@ -1,7 +1,8 @@
 """A TCP proxy in front of the real MariaDB or Redis that a test can take down in the two ways
 servers fail: refusing connections (the port closed, open connections reset) or silently
 (connections accepted and kept, nothing ever answered: a host that froze, a SIGSTOPped
-server, a dropped route). The project's processes reach it through their normal settings
+server, a dropped route), or by blackholing the connections already open while new ones get
+through (a failover that moved the server's address: the old peer never answers again). The project's processes reach it through their normal settings
 (DB_HOST/DB_PORT, REDIS_HOST/REDIS_PORT), so their own timeouts and retries are what is tested.
 """
 
@@ -22,6 +23,8 @@ class OutageProxy:
         self._lock = threading.Lock()
         self._conns: list[socket.socket] = []
         self._stop = threading.Event()
+        self._opened = 0  # connections served so far, numbered in order
+        self._blackholed_below = 0  # connections numbered below this are swallowed for good
         with socket.socket() as probe:  # pick a port once: refusing and coming back reuse it
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
@@ -46,6 +49,12 @@ class OutageProxy:
     def go_silent(self) -> None:
         """Connections still accepted, open ones kept, but nothing is forwarded either way."""
         self.mode = SILENT
+
+    def blackhole(self) -> None:
+        """Every connection open now is swallowed for good, both ways, and never closed; new
+        connections reach the server as before. restore() does not bring the old ones back."""
+        with self._lock:
+            self._blackholed_below = self._opened
 
     def restore(self) -> None:
         with self._lock:
@@ -92,9 +101,11 @@ class OutageProxy:
             upstream = socket.create_connection(self.target, timeout=5)
             with self._lock:
                 self._conns += [client, upstream]
+                number = self._opened
+                self._opened += 1
             pair = {client: upstream, upstream: client}
             while not self._stop.is_set() and self.mode != DOWN:
-                if self.mode == SILENT:
+                if self.mode == SILENT or number < self._blackholed_below:
                     time.sleep(0.05)  # hold the bytes: neither side hears from the other
                     continue
                 ready, _, _ = select.select(list(pair), [], [], 0.1)

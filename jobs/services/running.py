@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 
 from django.conf import settings
-from django.db import connection, models
+from django.db import OperationalError, connection, models
 from django.db.models import F
 from django.utils import timezone
 
@@ -50,6 +50,18 @@ def _execute(sql: str, params: list) -> int:
         return cursor.rowcount
 
 
+# MySQL client errors that mean the connection itself is gone: 2006 (server has gone away),
+# 2013 (lost during a query: a read that timed out on a connection whose server vanished),
+# 2055 (lost at a system call).
+LOST_CONNECTION_ERRORS = frozenset({2006, 2013, 2055})
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Django's wrapped error or the driver's own (a call on the raw connection, unwrapped)."""
+    kinds = (OperationalError, getattr(connection.Database, "OperationalError", OperationalError))
+    return isinstance(exc, kinds) and bool(exc.args) and exc.args[0] in LOST_CONNECTION_ERRORS
+
+
 def _dt(value: datetime):
     return connection.ops.adapt_datetimefield_value(value)
 
@@ -71,7 +83,21 @@ def job_claim(job_id: int, *, worker: str, completing: list[Completion] = ()) ->
             write_completion(done)
         completing = []
     if connection.vendor == "mysql":
-        return _claim_and_read(claim_sql, claim_params, job_id, worker, now, completing)
+        try:
+            return _claim_and_read(claim_sql, claim_params, job_id, worker, now, completing)
+        except Exception as exc:
+            if not connection_lost(exc):
+                raise
+            # The connection died under the packet (its server vanished and the read timed
+            # out, or it restarted): whether the packet took effect is unknown. The same packet
+            # again on a fresh connection is right either way: if the first claim committed, the
+            # UPDATE now matches nothing and the SELECT, fenced by what that claim wrote (this
+            # worker, this started_at), still returns the row; the deferred completions are
+            # fenced by their claim numbers and cannot be written twice.
+            logger.warning("job %s: claim lost its database connection (%s); trying once more on a new one",
+                           job_id, exc)
+            connection.close()
+            return _claim_and_read(claim_sql, claim_params, job_id, worker, now, completing)
     if not _execute(claim_sql, claim_params):
         return None
     return fetch_job(job_id)
