@@ -39,6 +39,7 @@ from jobs.models import Heartbeat, Job, JobState
 from jobs.queues import QUEUES
 from jobs.registry import periodic_by_func
 from jobs.system import SYSTEM_PERIODIC, load_periodic_call
+from jobs.watchdog import Beat
 
 logger = logging.getLogger(__name__)
 
@@ -270,10 +271,17 @@ class Dispatcher:
         self.name = name
         self._due = {"reap": 0.0, "repush": 0.0, "beat": 0.0}
         self.errors_in_a_row = 0
+        self.progress = Beat("dispatcher")  # read by the supervisor's watchdog
+        # Set by the watchdog when it has started a replacement: this one ends at its next turn.
+        self.retired = threading.Event()
 
     def run(self, stop: threading.Event) -> None:
         logger.info("dispatcher %s running (interval %.2f s)", self.name, settings.JOBS_DISPATCH_INTERVAL)
         while not stop.is_set():
+            self.progress.beat()
+            if self.retired.is_set():
+                logger.warning("dispatcher %s came back after it was replaced: ending", self.name)
+                return
             try:
                 pause = self.tick()
                 self.errors_in_a_row = 0

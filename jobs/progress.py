@@ -117,10 +117,24 @@ def progress_state(depths: dict[str, int | None], *, now: float | None = None) -
     return out
 
 
-def readiness_check() -> dict:
-    """/readyz: every queue with wake-ups waiting has claimed something in JOBS_STALL_AFTER."""
-    from jobs import broker
+def served_queues() -> list[str]:
+    """READYZ_QUEUES, or else the queues this deployment serves: a cluster of it is alive, or
+    one claimed from the queue within CLAIMS_TTL (so a queue whose clusters all died is still
+    watched, and one that no cluster ever ran is not)."""
+    from jobs.liveness import live_clusters
     from jobs.queues import QUEUES
 
-    stalled = [q for q in QUEUES if queue_stalled(q, broker.queue_depth(q))]
-    return {"ok": not stalled, "stalled": stalled, "after_s": settings.JOBS_STALL_AFTER}
+    if settings.READYZ_QUEUES:
+        return list(settings.READYZ_QUEUES)
+    live = {c.get("queue") for c in live_clusters()}
+    client = get_redis()
+    return [q for q in QUEUES if q in live or client.exists(f"{CLAIMS_PREFIX}:{q}")]
+
+
+def readiness_check() -> dict:
+    """/readyz: every served queue with wake-ups waiting has claimed something in JOBS_STALL_AFTER."""
+    from jobs import broker
+
+    watched = served_queues()
+    stalled = [q for q in watched if queue_stalled(q, broker.queue_depth(q))]
+    return {"ok": not stalled, "stalled": stalled, "watched": watched, "after_s": settings.JOBS_STALL_AFTER}

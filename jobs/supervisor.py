@@ -36,6 +36,7 @@ from jobs import broker, progress, proctree, services
 from jobs.dispatcher import Dispatcher
 from jobs.models import Job, JobState
 from jobs.reaper import run_reaper
+from jobs.watchdog import Beat, report_stuck
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,51 @@ class Supervisor:
         self.children = [Child(q) for q in queues]
         self.host = socket.gethostname()
         self.cluster_groups: set[int] = set()  # process groups of the clusters we started
+        self.progress = Beat("supervisor")  # the main loop's turns, read by the watchdog
+        self.dispatcher: Dispatcher | None = None
+        self.dispatcher_thread: threading.Thread | None = None
+        self.dispatchers_started = 0
+
+    # -------------------------------------------------------------- watchdog (jobs/watchdog.py)
+
+    def _start_dispatcher(self) -> None:
+        self.dispatchers_started += 1
+        # A replacement gets a name (and heartbeat row) of its own: the stuck one may hold the
+        # old row's lock.
+        suffix = "" if self.dispatchers_started == 1 else f"/{self.dispatchers_started}"
+        self.dispatcher = Dispatcher(f"{self.host}:{os.getpid()}{suffix}")
+        self.dispatcher_thread = threading.Thread(target=self.dispatcher.run, args=(self.stop,), name="dispatcher",
+                                                  daemon=True)
+        self.dispatcher_thread.start()
+
+    def _watchdog(self) -> None:
+        bound = settings.JOBS_LOOP_STUCK_AFTER
+        while not self.stop.wait(1.0):
+            dispatcher = self.dispatcher
+            if dispatcher is not None and dispatcher.progress.age() > bound:
+                stuck = dispatcher.progress.age()
+                logger.error("dispatcher %s is stuck (no turn for %.0f s, bound JOBS_LOOP_STUCK_AFTER=%g s): "
+                             "starting a replacement", dispatcher.name, stuck, bound)
+                report_stuck("dispatcher", self.host, os.getpid(), stuck)
+                # Two dispatchers at once are safe (rows are claimed with SKIP LOCKED and moved
+                # by conditional UPDATEs): the stuck one ends when it comes back.
+                dispatcher.retired.set()
+                self._start_dispatcher()
+            if self.progress.age() > bound and not self.stop.is_set():
+                self._restart_stuck_supervisor(self.progress.age())
+
+    def _restart_stuck_supervisor(self, stuck: float) -> None:
+        """The main loop is stuck: nothing watches the clusters. Kill them whole (their jobs'
+        holders are then dead on this host, so the restarted supervisor's reaper runs them
+        again at once, fenced by their claim numbers) and replace this process with a fresh
+        one of the same command line."""
+        logger.error("qcluster supervisor %s main loop is stuck (no turn for %.0f s, bound JOBS_LOOP_STUCK_AFTER=%g s): "
+                     "killing its clusters and restarting", os.getpid(), stuck, settings.JOBS_LOOP_STUCK_AFTER)
+        report_stuck("supervisor", self.host, os.getpid(), stuck)
+        for group in list(self.cluster_groups):
+            proctree.kill_group(group)
+        logging.shutdown()
+        os.execv(sys.executable, [sys.executable, *sys.argv])
 
     # -------------------------------------------------------------- lifecycle
 
@@ -74,24 +120,22 @@ class Supervisor:
         signal.signal(signal.SIGINT, self._on_signal)
         proctree.become_subreaper()
         threading.Thread(target=run_reaper, args=(self.stop, self.host), name="holder-reaper", daemon=True).start()
-        dispatcher_thread = None
         if self.run_dispatcher:
-            dispatcher = Dispatcher(f"{self.host}:{os.getpid()}")
-            dispatcher_thread = threading.Thread(target=dispatcher.run, args=(self.stop,), name="dispatcher",
-                                                 daemon=True)
-            dispatcher_thread.start()
+            self._start_dispatcher()
         for child in self.children:
             self._start(child)
+        threading.Thread(target=self._watchdog, name="watchdog", daemon=True).start()
         logger.info("qcluster supervisor %s running queues %s%s", os.getpid(), ", ".join(self.queues),
                     " with dispatcher" if self.run_dispatcher else "")
         while not self.stop.is_set():
+            self.progress.beat()
             for child in self.children:
                 self._watch(child)
             self._reap_orphans()
             self.stop.wait(0.5)
         self._shutdown()
-        if dispatcher_thread:
-            dispatcher_thread.join(timeout=10)
+        if self.dispatcher_thread:
+            self.dispatcher_thread.join(timeout=10)
         logger.info("qcluster supervisor %s stopped", os.getpid())
         return 0
 

@@ -185,6 +185,10 @@ JOBS_HOLDER_CHECK_INTERVAL = env.float("JOBS_HOLDER_CHECK_INTERVAL", 0.5, min_va
 # re-pushed even though its list is not empty; a cluster of its own that claimed nothing for
 # this long (no job running) while its list held wake-ups is wedged: the supervisor restarts it.
 JOBS_STALL_AFTER = env.float("JOBS_STALL_AFTER", 10, min_value=1)
+# The supervisor's main loop or the dispatcher not come round for this long is stuck where no
+# timeout reaches (jobs/watchdog.py): the dispatcher is replaced, the supervisor restarts
+# itself. Keep it above JOBS_DB_TIMEOUT and REDIS_SOCKET_TIMEOUT, which end ordinary waits.
+JOBS_LOOP_STUCK_AFTER = env.float("JOBS_LOOP_STUCK_AFTER", 60, min_value=1)
 JOBS_DISPATCH_INTERVAL = env.float("JOBS_DISPATCH_INTERVAL", 0.1, min_value=0.01)
 # A cluster worker records a finished job in its next claim's transaction, or after this many
 # ms if no claim comes first (jobs/services/completing.py); 0 writes each completion at once.
@@ -338,6 +342,12 @@ METRICS_PUBLIC = env.bool("METRICS_PUBLIC", not PRODUCTION)
 METRICS_CACHE_SECONDS = env.float("METRICS_CACHE_SECONDS", 2, min_value=0)
 READYZ_HEARTBEAT_MAX_AGE = env.int("READYZ_HEARTBEAT_MAX_AGE", 90, min_value=1)
 READYZ_MAX_DEAD_JOBS = env.int("READYZ_MAX_DEAD_JOBS", 100, min_value=0)
+# The queues whose stall fails /readyz. Empty: those this deployment serves, i.e. a cluster of
+# it is alive or claimed from it in the last hour; a queue no cluster serves is not watched.
+READYZ_QUEUES = env.list("READYZ_QUEUES", [])
+if set(READYZ_QUEUES) - set(JOBS_QUEUES):
+    raise ConfigError(f"READYZ_QUEUES names unknown queue(s) {sorted(set(READYZ_QUEUES) - set(JOBS_QUEUES))}; "
+                      f"known: {', '.join(JOBS_QUEUES)}")
 
 # --- Analytics (analytics/) ---
 # Events go to a Redis Stream; `news:analytics` jobs (every 5 minutes, and as soon as the

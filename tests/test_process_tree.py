@@ -322,7 +322,8 @@ def test_a_stalled_queue_gets_its_pending_jobs_pushed_again_even_with_a_non_empt
     Job.objects.filter(pk=job_id).update(dispatched_at=old)
     get_redis().delete(queue_key("news"))
     get_redis().rpush(queue_key("news"), b"held by a consumer that never runs it")
-    # No claim recorded on the queue: stalled, and reported so...
+    # No claim recorded on a queue this deployment says it serves: stalled, and reported so...
+    settings.READYZ_QUEUES = ["news"]
     assert progress.readiness_check()["stalled"] == ["news"]
     assert client.get("/readyz").json()["checks"]["queues_moving"] == "fail"
     code, out, _ = run_jobs_command_capture(capsys, "stats")
@@ -366,3 +367,22 @@ def test_a_heartbeat_longer_than_half_the_lease_is_refused_at_start():
                                  "JOBS_HEARTBEAT_SECONDS": "4"})
     assert result.returncode == 2
     assert "JOBS_HEARTBEAT_SECONDS must be at most half of JOBS_LEASE_SECONDS" in result.stderr
+
+
+def test_readyz_watches_only_the_queues_this_deployment_serves(settings, client):
+    """Wake-ups waiting on a queue that no cluster of this deployment runs (never claimed from,
+    no live cluster) do not fail readiness; the same backlog on a queue a cluster claimed from
+    (its clusters died since) does, and READYZ_QUEUES names the watched queues outright."""
+    settings.JOBS_STALL_AFTER = 1
+    settings.READYZ_QUEUES = []
+    get_redis().rpush(queue_key("analytics"), b"nobody here runs analytics")
+    check = progress.readiness_check()
+    assert check["ok"] and "analytics" not in check["watched"], check
+    progress._last_note.clear()
+    progress.note_claim("analytics")
+    get_redis().hset(f"{progress.CLAIMS_PREFIX}:analytics", progress.cluster_id(), f"{time.time() - 60:.3f}")
+    check = progress.readiness_check()
+    assert check["stalled"] == ["analytics"] and "analytics" in check["watched"], check
+    assert client.get("/readyz").json()["checks"]["queues_moving"] == "fail"
+    settings.READYZ_QUEUES = ["news"]
+    assert progress.readiness_check() == {"ok": True, "stalled": [], "watched": ["news"], "after_s": 1}

@@ -100,9 +100,22 @@ def redis_state() -> dict:
         depths = {q: broker.queue_depth(q) for q in QUEUES}
         clusters = live_clusters()
         moving = progress_state(depths)  # stalled queues, wedged clusters restarted
+        loops = loop_restarts(moving)
     except Exception as exc:
-        return {"error": f"{type(exc).__name__}: {exc}", "depths": {}, "clusters": [], "gauges": [], "progress": {}}
-    return {"error": None, "depths": depths, "clusters": clusters, "gauges": app_gauges(), "progress": moving}
+        return {"error": f"{type(exc).__name__}: {exc}", "depths": {}, "clusters": [], "gauges": [], "progress": {},
+                "loops": {}}
+    return {"error": None, "depths": depths, "clusters": clusters, "gauges": app_gauges(), "progress": moving,
+            "loops": loops}
+
+
+def loop_restarts(progress: dict[str, dict]) -> dict[str, int]:
+    """Restarts by the watchdogs in the last ten minutes, by loop: the dispatcher and the
+    supervisor's main loop (jobs/watchdog.py), and wedged clusters (jobs/progress.py)."""
+    from jobs.watchdog import restarts_by_loop
+
+    counts = {"dispatcher": 0, "supervisor": 0, **restarts_by_loop()}
+    counts["cluster"] = sum(r.get("wedged_restarts", 0) for r in progress.values())
+    return counts
 
 
 @dataclass(frozen=True)

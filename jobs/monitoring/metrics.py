@@ -148,7 +148,12 @@ class LedgerCollector:
             alive = [c for c in redis["clusters"] if c.get("queue") == queue]
             clusters.add_metric([queue], len(alive))
             workers.add_metric([queue], sum(c.get("workers_alive", 0) for c in alive))
-        yield from (depth, clusters, workers)
+        restarts = GaugeMetricFamily("nextevent_loop_restarts_recent",
+                                     "Stuck loops the watchdogs restarted in the last 10 minutes (dispatcher, "
+                                     "supervisor, cluster)", labels=["loop"])
+        for loop, count in sorted(redis.get("loops", {}).items()):
+            restarts.add_metric([loop], count)
+        yield from (depth, clusters, workers, restarts)
         for gauge in redis["gauges"]:
             family = GaugeMetricFamily(gauge.name, gauge.help)
             family.add_metric([], gauge.value)

@@ -89,6 +89,10 @@ def readiness(now=None) -> tuple[bool, dict[str, dict]]:
         from jobs.progress import readiness_check
 
         checks["queues_moving"] = readiness_check()
+        from jobs.watchdog import restarts_by_loop
+
+        # Informational: a stuck loop was already replaced; a queue it held up shows as stalled.
+        checks["loops"] = {"ok": True, "restarts_10m": restarts_by_loop()}
     except Exception as exc:
         checks.setdefault("redis", {"ok": False, "error": _error(exc)})
         checks.setdefault("queues_moving", {"ok": False, "error": _error(exc)})

@@ -132,7 +132,8 @@ class Command(BaseCommand):
         dispatchers = monitoring.dispatcher_rows(now)
         health = monitoring.health_heartbeat(now)
         data = {"at": now.isoformat(), "queues": overview, "clusters": clusters, "dispatchers": dispatchers,
-                "health": health, "gauges": {g.name: g.value for g in redis["gauges"]}, "redis_error": redis["error"]}
+                "health": health, "gauges": {g.name: g.value for g in redis["gauges"]}, "redis_error": redis["error"],
+                "loop_restarts": redis.get("loops", {})}
         rows = [[q, "paused" if r["paused"] else "", r["scheduled"], r["pending"], r["active"], r["retry"], r["dead"],
                  "?" if r["depth"] is None else r["depth"], _age(r["oldest_pending_age_s"]), r["completed_1h"],
                  r["failed_1h"], r["completed_today"], r["failed_today"], r["workers_alive"]]
@@ -145,6 +146,8 @@ class Command(BaseCommand):
                  for q, r in overview.items() if r.get("stalled")]
         stuck += [f"{q}: {r['wedged_restarts']} wedged cluster(s) restarted in the last 10 min" for q, r in
                   overview.items() if r.get("wedged_restarts")]
+        stuck += [f"{count} stuck {loop} loop(s) restarted in the last 10 min"
+                  for loop, count in redis.get("loops", {}).items() if count and loop != "cluster"]
         text += [f"PROBLEM: {line}" for line in stuck] + ([""] if stuck else [])
         if clusters:
             text.append(render_table(
