@@ -64,3 +64,34 @@ def test_a_dispatcher_stuck_in_a_lock_wait_is_replaced_and_jobs_still_come_due(s
     due.refresh_from_db()
     assert (due.state, due.attempts) == (JobState.COMPLETED, 1)
     assert cluster.proc.poll() is None
+
+
+def test_a_supervisor_whose_main_loop_is_stuck_restarts_itself_and_runs_on(start_cluster):
+    """The supervisor's own loop waits on a table lock (an ALTER elsewhere holds the ledger)
+    while re-pushing after a cluster died. Nothing would watch the clusters; the watchdog
+    kills them and re-executes the supervisor, which runs on once the lock is gone."""
+    import psutil
+
+    cluster = start_cluster(queues=["default"], env={"JOBS_LEASE_SECONDS": "60", "JOBS_DB_TIMEOUT": "55",
+                                                     "JOBS_LOOP_STUCK_AFTER": "3"})
+    first_main = psutil.Process(cluster.pid).children()[0].pid
+    db = connection.settings_dict
+    other = MySQLdb.connect(host="127.0.0.1" if db["HOST"] in ("", "localhost") else db["HOST"],
+                            port=int(db["PORT"] or 3306), user=db["USER"], passwd=db["PASSWORD"], db=db["NAME"])
+    try:
+        other.cursor().execute(f"LOCK TABLES {Job._meta.db_table} WRITE")
+        psutil.Process(first_main).kill()  # the main loop's re-push after this death waits on the lock
+        wait_for(lambda: "main loop is stuck" in cluster.log(), slack(30), 0.2, "the watchdog to see the stuck loop")
+    finally:
+        other.cursor().execute("UNLOCK TABLES")
+        other.close()
+    # The same process (pid), a new program image: it starts its clusters again and runs jobs.
+    wait_for(lambda: cluster.log().count(f"qcluster supervisor {cluster.pid} running") == 2, slack(30), 0.2,
+             "the supervisor to start again")
+    assert cluster.proc.poll() is None
+    cluster.wait_ready(["default"])
+    job = Job.objects.create(job_type=SYSTEM_NOOP, queue="default", payload={}, state=JobState.SCHEDULED,
+                             timeout=60, run_at=timezone.now())
+    wait_for(lambda: Job.objects.filter(pk=job.pk, state=JobState.COMPLETED).exists(), slack(30), 0.2,
+             "a job to run under the restarted supervisor")
+    assert not psutil.pid_exists(first_main) or psutil.Process(first_main).status() == psutil.STATUS_ZOMBIE
