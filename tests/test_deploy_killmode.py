@@ -10,7 +10,7 @@ import pytest
 
 from jobs import scheduler
 from jobs.models import Job, JobState
-from tests.conftest import wait_for
+from tests.conftest import slack, wait_for
 from jobs.system import SYSTEM_NOOP
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.cluster]
@@ -45,3 +45,39 @@ def test_sigterm_to_every_process_like_control_group(start_cluster):
     # supervisor alone; tests/test_engine_workers.py::test_sigterm_to_the_process_group_...)
     # the same job completes within the grace.
     assert job.state != JobState.COMPLETED, f"{job.state} after {took:.1f} s"
+
+
+def test_sigterm_during_start_up_stops_within_the_grace(start_cluster):
+    """SIGTERM while the supervisor is still forking its clusters (a deploy that changes its
+    mind, systemd stopping a unit that just started) ends the whole tree within the grace."""
+    cluster = start_cluster(queues=["default", "news"], wait=False)
+    time.sleep(1.5)  # settings loaded, clusters starting
+    tree = {p.pid for p in [psutil.Process(cluster.pid)] + psutil.Process(cluster.pid).children(recursive=True)}
+    t0 = time.monotonic()
+    cluster.stop(signal.SIGTERM, timeout=slack(10 + 5))
+    took = time.monotonic() - t0
+    assert took <= slack(10 + 5), took
+    left = [pid for pid in tree if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    assert not left, left
+
+
+def test_sigterm_while_every_mysql_connection_is_blackholed_stops_within_the_grace(start_cluster):
+    """The database's address moved under a running job: every open connection is silent.
+    The stop still ends within the grace (plus the supervisor's bounded last steps), the
+    read timeouts ending each wait on the dead connections."""
+    from django.db import connection
+
+    from tests.outage import OutageProxy
+
+    db = connection.settings_dict
+    proxy = OutageProxy("127.0.0.1" if db["HOST"] in ("", "localhost") else db["HOST"], int(db["PORT"] or 3306))
+    try:
+        cluster = start_cluster(queues=["default"], env={"DB_HOST": "127.0.0.1", "DB_PORT": str(proxy.port)})
+        job_id = scheduler.enqueue(SYSTEM_NOOP, {"sleep": 3})
+        wait_for(lambda: Job.objects.filter(pk=job_id, state=JobState.ACTIVE).exists(), 20, 0.05, "active")
+        proxy.blackhole()
+        t0 = time.monotonic()
+        cluster.stop(signal.SIGTERM, timeout=slack(10 + 10))
+        assert time.monotonic() - t0 <= slack(10 + 10)
+    finally:
+        proxy.close()
