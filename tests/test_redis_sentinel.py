@@ -239,3 +239,46 @@ def test_all_sentinels_down_readyz_says_so_and_recovers(use_sentinels, client, s
     for s in servers.sentinels:
         s.restart().wait_ready()
     wait_for(lambda: redis_check()["ok"] is True, 30, 0.2, "/readyz to see Redis again through the sentinels")
+
+
+def test_a_separate_analytics_redis_is_found_through_the_sentinels_and_followed_after_failover(settings, tmp_path):
+    """ANALYTICS_REDIS_SENTINEL_MASTER: the analytics buffer asks the project's sentinels for
+    its own master, and after that master dies its events go to the promoted replica, as the
+    main Redis's do. The main Redis stays where it is."""
+    from analytics import buffer
+    from nextevent.config import ConfigError, Env, analytics_redis_config
+
+    servers = SentinelSet(tmp_path, BASE_PORT + 30, master="analytics")
+    try:
+        servers.wait_replica_known()
+        env = Env({"REDIS_SENTINELS": servers.env_value, "ANALYTICS_REDIS_SENTINEL_MASTER": "analytics",
+                   "ANALYTICS_REDIS_DB": "2"})
+        settings.ANALYTICS_REDIS = analytics_redis_config(env)
+        settings.REDIS_SENTINEL = {"sentinels": [("127.0.0.1", s.port) for s in servers.sentinels],
+                                   "master": "mymaster", "password": None}
+        buffer._sentinel_client.cache_clear()
+        record_event(news_id=1, event_type="view", user_id="before")
+        assert servers.master.client(db=2).xlen(STREAM_KEY) == 1
+
+        servers.master.kill()
+        wait_for(lambda: servers.master_port() == servers.replica.port, 60, 0.1, "the replica to be promoted")
+        wait_for(lambda: _recorded(lambda: record_event(news_id=1, event_type="view", user_id="after")), 30, 0.2,
+                 "an event to be accepted after the failover")
+        # The replicated event and the one written after the failover, on the promoted replica.
+        assert servers.replica.client(db=2).xlen(STREAM_KEY) >= 2
+    finally:
+        buffer._sentinel_client.cache_clear()
+        servers.stop()
+    with pytest.raises(ConfigError, match="ANALYTICS_REDIS_SENTINEL_MASTER needs REDIS_SENTINELS"):
+        analytics_redis_config(Env({"ANALYTICS_REDIS_SENTINEL_MASTER": "analytics"}))
+    with pytest.raises(ConfigError, match="exclude each other"):
+        analytics_redis_config(Env({"ANALYTICS_REDIS_SENTINEL_MASTER": "analytics", "REDIS_SENTINELS": "h:1",
+                                    "ANALYTICS_REDIS_URL": "redis://h:6379/0"}))
+
+
+def _recorded(call) -> bool:
+    try:
+        call()
+        return True
+    except Exception:  # noqa: BLE001 - refused while the failover settles: the caller retries
+        return False
