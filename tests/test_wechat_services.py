@@ -293,21 +293,6 @@ def test_a_cover_over_64_kb_fails_naming_the_field(published, fake_wechat):
     assert fake_wechat.count("material/add_material") == 0
 
 
-def test_a_cover_wechat_no_longer_knows_is_uploaded_again_on_retry(published, fake_wechat):
-    news = published()
-    fake_wechat.script("draft/add", 40007)  # someone deleted the material in the console
-
-    with pytest.raises(PermanentError, match="errcode 40007"):
-        wechat_draft_create(news_id=news.pk)
-    assert WechatArticle.objects.get(news=news).thumb_media_id == "" and not WechatImage.objects.exists()
-    Job.objects.filter(subject=f"news:{news.pk}").update(state=JobState.DEAD, live_key=None)
-    wechat_retry(news_id=news.pk)
-    wechat_draft_create(news_id=news.pk)
-
-    assert fake_wechat.count("material/add_material") == 2
-    assert WechatArticle.objects.get(news=news).state == ArticleState.DRAFTED
-
-
 def test_a_missing_content_image_fails_naming_its_url(published, fake_wechat):
     news = published(content=f'<img src="{fake_wechat.root}/img/gone.png">')
 

@@ -21,7 +21,7 @@ def wechat_retry(*, news_id: int) -> str:
             WechatArticle.objects.filter(pk=article.pk).update(
                 state=ArticleState.PENDING, generation=F("generation") + 1, draft_marker="", draft_requested_at=None,
                 draft_media_id="", publish_id="", article_id="", article_url="", publish_status=None, polls=0,
-                reconcile_checks=0, rate_limit_waits=0, submitted_at=None)
+                reconcile_checks=0, rate_limit_waits=0, submitted_at=None, waiting_since=None, redrafts=0)
             article.state = ArticleState.PENDING
         if article.state == ArticleState.PENDING:
             schedule_wechat_draft_creation(news_id)

@@ -9,7 +9,10 @@ only successes. So the article waits (CHECKING, the job snoozed with its reason 
 what does prove something: its publication in freepublish/batchget (found by our marker), or
 the PUBLISHJOBFINISH push, matched to it by its content (wechat/services/matching.py). After
 WECHAT_RECONCILE_MAX_CHECKS searches it goes to a person (UNKNOWN, dead job, alert), who
-looks at the account and decides in the admin."""
+looks at the account and decides in the admin.
+
+A submit refused with 40007 (the draft was deleted from the draft box) was answered, so
+nothing was published: the article gets a new draft, once (wechat/services/drafts.py)."""
 
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from jobs.errors import PermanentError, Snooze
 from wechat.client import WechatClient, WechatError, WechatOutcomeUnknown, WechatPermanentError, WechatQuotaExhausted
 from wechat.models import ArticleState, WechatArticle
 from wechat.services.callback import apply_publish_result, safe_article_url
+from wechat.services.drafts import draft_again
 from wechat.services.errors import as_job_errors, note
 from wechat.services.matching import alert_person
 from wechat.services.quota import next_quota_reset, spend_daily_budget
@@ -73,9 +77,17 @@ def _submit(article: WechatArticle, *, claim_from: str) -> str:
             raise Snooze(_first_check_at(article), f"freepublish/submit got no answer ({exc}); looking for the "
                                               "publication in freepublish/batchget and waiting for WeChat's push; "
                                               "never submitted again while it may be publishing") from None
-        except WechatError:
+        except WechatError as exc:
             # WeChat answered with an error: the draft was not accepted; back to submittable.
             WechatArticle.objects.filter(pk=article.pk, state=ArticleState.SUBMITTING).update(state=claim_from)
+            if exc.errcode == 40007:
+                # The draft is gone from the draft box (deleted in the console). An answered
+                # refusal publishes nothing, so a new draft of the same item is safe; once.
+                if draft_again(article=article, why=str(exc)):
+                    return (f"draft {article.draft_media_id} is no longer at WeChat ({exc}); a new draft is "
+                            "being created and will be submitted")
+                raise WechatPermanentError(f"{exc} (the new draft made after the first 40007 was refused too)",
+                                           errcode=exc.errcode, api=exc.api) from None
             raise
     # CHECKING and UNKNOWN too: this worker was thought dead but its call did go through.
     WechatArticle.objects.filter(
