@@ -413,20 +413,6 @@ def test_a_publish_wechat_rejects_fails_the_article(published, fake_wechat):
     assert WechatArticle.objects.get(news=news).state == ArticleState.FAILED
 
 
-def test_polling_stops_after_the_configured_number_of_polls(published, fake_wechat, settings):
-    settings.WECHAT_MAX_POLLS = 2
-    news = published()
-    article = submitted(fake_wechat, news)
-    for _ in range(2):
-        with pytest.raises(Snooze):
-            publish(article)
-
-    with pytest.raises(PermanentError, match="after 2 polls"):
-        publish(article)
-    assert fake_wechat.count("freepublish/get") == 2
-    assert WechatArticle.objects.get(news=news).state == ArticleState.PUBLISHING  # a late push can settle it
-
-
 def test_polling_waits_for_the_quota_reset_when_freepublish_get_is_used_up(published, fake_wechat, beijing_daytime):
     news = published()
     article = submitted(fake_wechat, news)
