@@ -304,10 +304,18 @@ WECHAT_IMAGE_ALLOW_PRIVATE = env.bool("WECHAT_IMAGE_ALLOW_PRIVATE", False)
 # lets a server sending one byte at a time hold a worker until the job times out).
 WECHAT_IMAGE_DEADLINE = env.float("WECHAT_IMAGE_DEADLINE", 60, min_value=1)
 # freepublish/get costs one of 100 calls a day: the PUBLISHJOBFINISH push is the main path,
-# polling (doubling from FIRST up to MAX_INTERVAL, at most MAX_POLLS times) the fallback.
+# polling (doubling from FIRST up to MAX_INTERVAL) the fallback.
 WECHAT_POLL_FIRST = env.float("WECHAT_POLL_FIRST", 60, min_value=0.1)
 WECHAT_POLL_MAX_INTERVAL = env.float("WECHAT_POLL_MAX_INTERVAL", 1800, min_value=0.1)
-WECHAT_MAX_POLLS = env.int("WECHAT_MAX_POLLS", 12, min_value=1)
+# How long after its submit an article may wait for WeChat (publishing, or checking after a
+# submit with no answer), however its polls are spaced; then it goes to a person (unknown).
+# The original-content and platform checks can take hours: a day by default, at most 30.
+WECHAT_PUBLISH_MAX_WAIT = env.int("WECHAT_PUBLISH_MAX_WAIT", 86400, min_value=60, max_value=30 * 86400)
+if env.str("WECHAT_MAX_POLLS", ""):
+    # Refused rather than ignored: a count of polls is no duration (it depends on the
+    # intervals), and an operator who set it must learn that it no longer stops polling.
+    raise ConfigError("WECHAT_MAX_POLLS is no longer read: how long an article may stay publishing is "
+                      "WECHAT_PUBLISH_MAX_WAIT (seconds, default 86400); remove WECHAT_MAX_POLLS")
 # freepublish/get calls a day across all workers (WeChat allows 100): past it, polling waits for
 # the next day (the push still settles publications), leaving the rest for people and tools.
 WECHAT_POLLS_PER_DAY = env.int("WECHAT_POLLS_PER_DAY", 80, min_value=1)
@@ -319,6 +327,10 @@ WECHAT_SEARCH_PAGES = env.int("WECHAT_SEARCH_PAGES", 3, min_value=1, max_value=5
 # waits while WeChat still holds the draft, at most MAX_CHECKS times before asking a person.
 WECHAT_RECONCILE_DELAY = env.float("WECHAT_RECONCILE_DELAY", 60, min_value=0.1)
 WECHAT_RECONCILE_MAX_CHECKS = env.int("WECHAT_RECONCILE_MAX_CHECKS", 6, min_value=1)
+if WECHAT_PUBLISH_MAX_WAIT <= max(WECHAT_POLL_FIRST, WECHAT_RECONCILE_DELAY):
+    raise ConfigError(f"WECHAT_PUBLISH_MAX_WAIT ({WECHAT_PUBLISH_MAX_WAIT} s) must be longer than WECHAT_POLL_FIRST "
+                      f"({WECHAT_POLL_FIRST:g} s) and WECHAT_RECONCILE_DELAY ({WECHAT_RECONCILE_DELAY:g} s): "
+                      "else no poll or search happens before it runs out")
 # Waits for WeChat's rate limits (45011, 53501) do not spend retries; this bounds them.
 WECHAT_RATE_LIMIT_WAIT = env.float("WECHAT_RATE_LIMIT_WAIT", 60, min_value=0.1)
 WECHAT_MAX_RATE_LIMIT_WAITS = env.int("WECHAT_MAX_RATE_LIMIT_WAITS", 10, min_value=1)

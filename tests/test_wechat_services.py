@@ -293,21 +293,6 @@ def test_a_cover_over_64_kb_fails_naming_the_field(published, fake_wechat):
     assert fake_wechat.count("material/add_material") == 0
 
 
-def test_a_cover_wechat_no_longer_knows_is_uploaded_again_on_retry(published, fake_wechat):
-    news = published()
-    fake_wechat.script("draft/add", 40007)  # someone deleted the material in the console
-
-    with pytest.raises(PermanentError, match="errcode 40007"):
-        wechat_draft_create(news_id=news.pk)
-    assert WechatArticle.objects.get(news=news).thumb_media_id == "" and not WechatImage.objects.exists()
-    Job.objects.filter(subject=f"news:{news.pk}").update(state=JobState.DEAD, live_key=None)
-    wechat_retry(news_id=news.pk)
-    wechat_draft_create(news_id=news.pk)
-
-    assert fake_wechat.count("material/add_material") == 2
-    assert WechatArticle.objects.get(news=news).state == ArticleState.DRAFTED
-
-
 def test_a_missing_content_image_fails_naming_its_url(published, fake_wechat):
     news = published(content=f'<img src="{fake_wechat.root}/img/gone.png">')
 
@@ -426,20 +411,6 @@ def test_a_publish_wechat_rejects_fails_the_article(published, fake_wechat):
     with pytest.raises(PermanentError, match=r"publishing failed \(publish_status 3\).*\[1\]"):
         publish(article)
     assert WechatArticle.objects.get(news=news).state == ArticleState.FAILED
-
-
-def test_polling_stops_after_the_configured_number_of_polls(published, fake_wechat, settings):
-    settings.WECHAT_MAX_POLLS = 2
-    news = published()
-    article = submitted(fake_wechat, news)
-    for _ in range(2):
-        with pytest.raises(Snooze):
-            publish(article)
-
-    with pytest.raises(PermanentError, match="after 2 polls"):
-        publish(article)
-    assert fake_wechat.count("freepublish/get") == 2
-    assert WechatArticle.objects.get(news=news).state == ArticleState.PUBLISHING  # a late push can settle it
 
 
 def test_polling_waits_for_the_quota_reset_when_freepublish_get_is_used_up(published, fake_wechat, beijing_daytime):

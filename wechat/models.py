@@ -41,6 +41,10 @@ class WechatArticle(models.Model):
     reconcile_checks = models.PositiveIntegerField(
         default=0, help_text="searches of the publish records after a submit with no answer")
     rate_limit_waits = models.PositiveIntegerField(default=0)
+    # WECHAT_PUBLISH_MAX_WAIT counts from here (the submit, or a person's "check WeChat again").
+    waiting_since = models.DateTimeField(null=True, blank=True)
+    # New drafts made because WeChat no longer had the submitted one (40007): at most one.
+    redrafts = models.PositiveSmallIntegerField(default=0)
     last_error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

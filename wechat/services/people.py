@@ -21,7 +21,7 @@ def wechat_retry(*, news_id: int) -> str:
             WechatArticle.objects.filter(pk=article.pk).update(
                 state=ArticleState.PENDING, generation=F("generation") + 1, draft_marker="", draft_requested_at=None,
                 draft_media_id="", publish_id="", article_id="", article_url="", publish_status=None, polls=0,
-                reconcile_checks=0, rate_limit_waits=0, submitted_at=None)
+                reconcile_checks=0, rate_limit_waits=0, submitted_at=None, waiting_since=None, redrafts=0)
             article.state = ArticleState.PENDING
         if article.state == ArticleState.PENDING:
             schedule_wechat_draft_creation(news_id)
@@ -32,8 +32,10 @@ def wechat_retry(*, news_id: int) -> str:
 
 
 def wechat_resolve_unknown(*, news_id: int, published: bool | None) -> bool:
-    """A person looked at an unknown submit outcome: True it was published, False it was not
-    (submit again), None check WeChat's publish records again (e.g. after the quota reset)."""
+    """A person looked at an unknown outcome: True it was published, False it was not (submit
+    again), None check WeChat again (e.g. after the quota reset), waiting WECHAT_PUBLISH_MAX_WAIT
+    anew. With a publish_id (WeChat accepted the submit, then took longer than that wait),
+    checking again polls freepublish/get, which knows that publication for certain."""
     with transaction.atomic():
         article = WechatArticle.objects.select_for_update().filter(news_id=news_id, state=ArticleState.UNKNOWN).first()
         if article is None:
@@ -45,9 +47,12 @@ def wechat_resolve_unknown(*, news_id: int, published: bool | None) -> bool:
             return True
         if published is None:
             WechatArticle.objects.filter(pk=article.pk).update(
-                state=ArticleState.CHECKING, reconcile_checks=0, rate_limit_waits=0)
+                state=ArticleState.PUBLISHING if article.publish_id else ArticleState.CHECKING, reconcile_checks=0,
+                polls=0, rate_limit_waits=0, waiting_since=timezone.now())
         else:
-            WechatArticle.objects.filter(pk=article.pk).update(state=ArticleState.DRAFTED, rate_limit_waits=0)
+            # The person's decision: the publication WeChat accepted (if any) did not happen.
+            WechatArticle.objects.filter(pk=article.pk).update(
+                state=ArticleState.DRAFTED, publish_id="", rate_limit_waits=0)
         schedule_wechat_publishing(news_id, article.draft_media_id)
     return True
 
