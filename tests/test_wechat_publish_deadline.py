@@ -252,3 +252,19 @@ def test_a_publication_taking_150_s_with_a_2_s_poll_interval_ends_published(star
     assert gets[-1] - pub["submitted_at"] >= 150 and article.polls == len(gets)
     assert 40 <= len(gets) <= 80  # every 2 s or so, within WECHAT_POLLS_PER_DAY (80)
     assert min(b - a for a, b in zip(gets, gets[1:])) >= 1.9  # never more often than asked
+
+
+def test_a_refused_poll_after_an_accepted_submit_goes_to_a_person_never_to_failed(submitted, fake_wechat, fast, clock):
+    """WeChat accepted the submit; then freepublish/get is refused (the server's IP dropped
+    from the whitelist, 40164). That says nothing of the publication: `failed` would let a
+    retry submit a second time. The article goes to a person as unknown, with the reason."""
+    article, first = submitted()
+    fake_wechat.script("freepublish/get", 40164)
+
+    wakes, end = follow(clock, article, first)
+
+    article.refresh_from_db()
+    assert article.state == ArticleState.UNKNOWN, article.last_error
+    assert isinstance(end, PermanentError) and "freepublish/get refused the question" in str(end)
+    assert "40164" in article.last_error
+    assert fake_wechat.count("freepublish/submit") == 1

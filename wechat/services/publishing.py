@@ -242,6 +242,11 @@ def _poll(article: WechatArticle) -> str:
             _wait_for_wechat(article, deadline, _next_poll_at(polls),
                              f"publish {article.publish_id}: freepublish/get failed ({exc}); asking again later",
                              last=f"the last poll failed: {exc}")
+        except WechatPermanentError as exc:
+            # A refusal of the question (the caller's IP no longer whitelisted, a frozen secret)
+            # says nothing of the publication WeChat accepted: marking it failed would invite a
+            # second submit, a second publication. A person looks at the publish records.
+            _publishing_needs_person(article, f"freepublish/get refused the question ({exc})")
     detail = data.get("article_detail") or {}
     apply_publish_result(
         article.publish_id, status=int(data.get("publish_status", -1)), article_id=str(data.get("article_id") or ""),
