@@ -6,6 +6,7 @@ transaction that writes all of the tables below, so they always agree with each 
 from __future__ import annotations
 
 from django.db import models
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from news.models import News
@@ -104,7 +105,7 @@ class AppliedBatch(models.Model):
         ordering = ["-id"]
 
     def __str__(self):
-        return f"batch {self.pk}: {self.counted} counted at {self.applied_at}"
+        return gettext("batch %(id)s: %(counted)s counted") % {"id": self.pk, "counted": self.counted}
 
 
 class ApplyLock(models.Model):
@@ -143,4 +144,4 @@ class QuarantinedEvent(models.Model):
         ordering = ["-id"]
 
     def __str__(self):
-        return f"entry {self.stream_id}: {self.error[:60]}"
+        return gettext("entry %(id)s: %(error)s") % {"id": self.stream_id, "error": self.error[:60]}

@@ -4,6 +4,7 @@ carries wake-ups ("run job 42") to the queue's django-q2 cluster."""
 from __future__ import annotations
 
 from django.db import models
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import pgettext_lazy
 
@@ -75,7 +76,8 @@ class Job(models.Model):
         ]
 
     def __str__(self):
-        return f"job {self.pk} {self.job_type} [{self.state}]"
+        return gettext("job %(id)s %(type)s [%(state)s]") % {
+            "id": self.pk, "type": self.job_type, "state": self.get_state_display()}
 
 
 class QueuePause(models.Model):
@@ -91,7 +93,7 @@ class QueuePause(models.Model):
         verbose_name_plural = _("queue pauses")
 
     def __str__(self):
-        return f"{self.queue} paused"
+        return gettext("%(queue)s paused") % {"queue": self.queue}
 
 
 class Heartbeat(models.Model):

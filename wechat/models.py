@@ -1,4 +1,5 @@
 from django.db import models
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 
@@ -56,7 +57,8 @@ class WechatArticle(models.Model):
         indexes = [models.Index(fields=["state", "updated_at"], name="wechat_state_updated_idx")]
 
     def __str__(self):
-        return f"WeChat article of news {self.news_id} [{self.state}]"
+        return gettext("WeChat article of news %(id)s [%(state)s]") % {
+            "id": self.news_id, "state": self.get_state_display()}
 
 
 class ImageKind(models.TextChoices):
