@@ -485,7 +485,7 @@ def test_an_unknown_submit_is_never_sent_again_and_goes_to_a_person_when_wechat_
         published, fake_wechat, settings, response):
     """"close": the submit never reached WeChat; "drop": WeChat accepted it and is still
     publishing (the draft stays in the box, batchget lists successes only). We cannot tell the
-    two apart, so neither is submitted again (issue 13, finding 1)."""
+    two apart, so neither is submitted again."""
     settings.WECHAT_RECONCILE_MAX_CHECKS = 2
     news = published()
     article = lost_submit(fake_wechat, news, response)
