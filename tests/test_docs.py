@@ -208,3 +208,26 @@ def test_nothing_but_the_changelog_cites_the_tracker(kind):
     cited = [f"{f}:{n}: {line.strip()[:100]}" for f in chosen
              for n, line in enumerate((ROOT / f).read_text(errors="replace").splitlines(), 1) if TRACKER.search(line)]
     assert cited == []
+
+
+CODE_PATH = re.compile(r"(?<![\w./-])((?:%s)/[\w/.-]*\w\.(?:py|html|conf|service|example|sh|md|txt|json|po))\b"
+                       % "|".join(["jobs", "news", "wechat", "analytics", "nextevent", "devtools", "deploy", "scripts",
+                                   "tests", "bench", "templates", "docs", "locale"]))
+
+
+def test_every_file_path_the_code_names_exists():
+    """Docstrings and comments name files as a reader will look for them (a module that became
+    a package, or went away, is corrected where it is cited)."""
+    tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "*.py", "*.html",
+                              "scripts/*", ".ci/run", "*.cfg", ".importlinter"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.split()
+    missing = []
+    for name in tracked:
+        path = ROOT / name
+        if not path.is_file():
+            continue
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            for cited in CODE_PATH.findall(line):
+                if not cited.startswith(RUNTIME) and not (ROOT / cited).exists() and "*" not in cited:
+                    missing.append(f"{name}:{number}: {cited}")
+    assert missing == []
