@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import re
 import subprocess
+import sys
 
 import pytest
 import yaml
@@ -231,3 +232,10 @@ def test_every_file_path_the_code_names_exists():
                 if not cited.startswith(RUNTIME) and not (ROOT / cited).exists() and "*" not in cited:
                     missing.append(f"{name}:{number}: {cited}")
     assert missing == []
+
+
+def test_the_site_builds_strictly(tmp_path):
+    # What CI runs (.ci/run): a broken link or anchor, or a page outside the nav, fails.
+    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir",
+                             str(tmp_path / "site")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
