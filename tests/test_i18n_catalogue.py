@@ -120,3 +120,20 @@ def test_a_language_we_do_not_speak_is_refused_by_name():
                             timeout=60, env={"PATH": "/usr/bin:/bin", "DJANGO_DEBUG": "1", "LANGUAGE_CODE": "fr"})
     assert result.returncode != 0
     assert "LANGUAGE_CODE must be one of zh-hans, en, got 'fr'" in result.stderr
+
+
+@pytest.mark.django_db
+def test_the_cli_stays_english_when_the_fallback_is_chinese(capsys, settings):
+    """Operators grep `manage.py jobs`: no Chinese in it, even with LANGUAGE_CODE=zh-hans and a
+    Chinese translation active (the gauge's label is translated for the dashboard)."""
+    from jobs.models import JobState
+    from tests.ops_support import make_job, run_jobs_command
+
+    settings.LANGUAGE_CODE = "zh-hans"
+    make_job(state=JobState.DEAD, queue="wechat", job_type="wechat:publishing")
+    with translation.override("zh-hans"):
+        assert run_jobs_command("stats") == 0
+        assert run_jobs_command("list", "--state", "dead") == 0
+    out = capsys.readouterr().out
+    assert "analytics buffer" in out and "dead" in out
+    assert not re.search(r"[\u4e00-\u9fff]", out), out
