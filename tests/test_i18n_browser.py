@@ -8,6 +8,7 @@ types, errors as recorded, ids, commands); each page leaves a screenshot in test
 from __future__ import annotations
 
 import re
+import subprocess
 from datetime import timedelta
 from pathlib import Path
 
@@ -70,6 +71,9 @@ def browser_in(request):
 
     for path in (CHROMIUM, CHROMEDRIVER):
         assert Path(path).exists(), f"{path} is missing: apt-get install chromium chromium-driver"
+    # Without a Chinese font the zh-Hans screenshots show boxes (the text checks would still pass).
+    fonts = subprocess.run(["fc-list", ":lang=zh"], capture_output=True, text=True).stdout
+    assert fonts.strip(), "no Chinese font for the screenshots: apt-get install fonts-wqy-zenhei"
     drivers = []
 
     def start(language: str):
