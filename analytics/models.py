@@ -15,7 +15,8 @@ from news.models import News
 class DailyStat(models.Model):
     """Events of one type for one news item on one day (in TIME_ZONE)."""
 
-    news = models.ForeignKey(News, verbose_name=_("news item"), on_delete=models.CASCADE, related_name="analytics_daily")
+    news = models.ForeignKey(News, verbose_name=_("news item"), on_delete=models.CASCADE,
+                             related_name="analytics_daily")
     day = models.DateField(verbose_name=_("day"))
     event_type = models.CharField(verbose_name=_("event type"), max_length=16)
     count = models.BigIntegerField(verbose_name=_("count"), default=0)
@@ -68,7 +69,8 @@ class RawEvent(models.Model):
     event_type = models.CharField(verbose_name=_("event type"), max_length=16)
     user_id = models.CharField(verbose_name=_("user id"), max_length=64, blank=True)
     metadata = models.JSONField(verbose_name=_("metadata"), null=True, blank=True)
-    occurred_at = models.DateTimeField(verbose_name=_("occurred at"), db_index=True, help_text=_("When the buffer accepted it"))
+    occurred_at = models.DateTimeField(verbose_name=_("occurred at"), db_index=True,
+                                       help_text=_("When the buffer accepted it"))
     stream_id = models.CharField(verbose_name=_("stream id"), max_length=40, help_text=_("Its id in the Redis Stream"))
 
     class Meta:
@@ -88,7 +90,8 @@ class AppliedBatch(models.Model):
 
     first_key = models.CharField(verbose_name=_("first key"), max_length=32)
     last_key = models.CharField(verbose_name=_("last key"), max_length=32, db_index=True)
-    entry_keys = models.TextField(verbose_name=_("entry keys"), blank=True, help_text=_("Space-separated; empty: the whole range"))
+    entry_keys = models.TextField(verbose_name=_("entry keys"), blank=True,
+                                  help_text=_("Space-separated; empty: the whole range"))
     reason = models.CharField(verbose_name=_("reason"), max_length=32, blank=True)
     consumer = models.CharField(verbose_name=_("consumer"), max_length=191, blank=True)
     events = models.PositiveIntegerField(verbose_name=_("events"), default=0, help_text=_("Entries in the chunk"))
@@ -128,12 +131,15 @@ class QuarantinedEvent(models.Model):
     entries are counted. Written only by the batch (analytics/quarantine.py)."""
 
     # Unique: a replayed quarantine (a batch killed after its commit) adds nothing.
-    stream_id = models.CharField(verbose_name=_("stream id"), max_length=40, unique=True, help_text=_("Its id in the Redis Stream"))
+    stream_id = models.CharField(verbose_name=_("stream id"), max_length=40, unique=True,
+                                 help_text=_("Its id in the Redis Stream"))
     # Text, not JSON: the entry is whatever reached the stream, and this row must be
     # writable whatever it holds (stored as ASCII-escaped JSON, cut at 64 KB).
-    fields = models.TextField(verbose_name=_("fields"), help_text=_("The entry's fields as JSON (bytes that are not UTF-8 as \\x escapes)"))
+    fields = models.TextField(verbose_name=_("fields"),
+                              help_text=_("The entry's fields as JSON (bytes that are not UTF-8 as \\x escapes)"))
     error = models.TextField(verbose_name=_("error"), help_text=_("Why it was not counted"))
-    stage = models.CharField(verbose_name=_("stage"), max_length=16, help_text=_("check: refused before SQL; database: the write failed"))
+    stage = models.CharField(verbose_name=_("stage"), max_length=16,
+                             help_text=_("check: refused before SQL; database: the write failed"))
     occurred_at = models.DateTimeField(verbose_name=_("occurred at"), help_text=_("When the buffer accepted it"))
     quarantined_at = models.DateTimeField(verbose_name=_("quarantined at"), auto_now_add=True, db_index=True)
     consumer = models.CharField(verbose_name=_("consumer"), max_length=191, blank=True)

@@ -31,19 +31,24 @@ class Job(models.Model):
     queue = models.CharField(verbose_name=_("queue"), max_length=32)
     payload = models.JSONField(verbose_name=_("payload"), default=dict)
     state = models.CharField(verbose_name=_("state"), max_length=16, choices=JobState.choices)
-    attempts = models.PositiveIntegerField(verbose_name=_("attempts"), default=0, help_text=_("Attempts started so far"))
+    attempts = models.PositiveIntegerField(verbose_name=_("attempts"), default=0,
+                                           help_text=_("Attempts started so far"))
     # The fence: +1 on every claim and never reset (attempts is, by "Retry now", and goes back
     # one on a snooze), so a worker whose lease was taken over can never move the job again.
-    claims = models.PositiveBigIntegerField(verbose_name=_("claims"), default=0, help_text=_("Claims so far, never reset (fences stale workers)"))
+    claims = models.PositiveBigIntegerField(verbose_name=_("claims"), default=0,
+                                            help_text=_("Claims so far, never reset (fences stale workers)"))
     max_retries = models.PositiveSmallIntegerField(verbose_name=_("max retries"), default=3)
     timeout = models.PositiveIntegerField(verbose_name=_("timeout"), help_text=_("Seconds an attempt may run"))
     run_at = models.DateTimeField(verbose_name=_("run at"), help_text=_("Not before this moment"))
     created_at = models.DateTimeField(verbose_name=_("created at"), auto_now_add=True)
-    dispatched_at = models.DateTimeField(verbose_name=_("dispatched at"), null=True, blank=True, help_text=_("Last push to Redis"))
-    started_at = models.DateTimeField(verbose_name=_("started at"), null=True, blank=True, help_text=_("Start of the last attempt"))
+    dispatched_at = models.DateTimeField(verbose_name=_("dispatched at"), null=True, blank=True,
+                                         help_text=_("Last push to Redis"))
+    started_at = models.DateTimeField(verbose_name=_("started at"), null=True, blank=True,
+                                      help_text=_("Start of the last attempt"))
     finished_at = models.DateTimeField(verbose_name=_("finished at"), null=True, blank=True)
     lease_expires_at = models.DateTimeField(verbose_name=_("lease expires at"), null=True, blank=True)
-    worker = models.CharField(verbose_name=_("worker"), max_length=128, blank=True, help_text=_("host:pid of the last attempt"))
+    worker = models.CharField(verbose_name=_("worker"), max_length=128, blank=True,
+                              help_text=_("host:pid of the last attempt"))
     unique_key = models.CharField(verbose_name=_("unique key"), max_length=191, null=True, blank=True)
     # Equals unique_key while the job is live and NULL afterwards; the unique index on it is
     # "at most one live job per key" (MySQL has no partial unique indexes).
@@ -51,9 +56,12 @@ class Job(models.Model):
     # What the job is about, for people and searches: "news:42", "schedule:cleanup". Set
     # from the job type's `subject` template; the engine does not interpret it.
     subject = models.CharField(verbose_name=_("subject"), max_length=64, blank=True, default="", db_index=True)
-    last_error = models.TextField(verbose_name=_("last error"), blank=True, help_text=_("The last failed attempt's error; errors only"))
-    waiting_reason = models.TextField(verbose_name=_("waiting reason"), blank=True, help_text=_("Why a healthy job is waiting (snoozed), not an error"))
-    errors = models.JSONField(verbose_name=_("errors"), default=list, blank=True, help_text=_("One entry per failed attempt"))
+    last_error = models.TextField(verbose_name=_("last error"), blank=True,
+                                  help_text=_("The last failed attempt's error; errors only"))
+    waiting_reason = models.TextField(verbose_name=_("waiting reason"), blank=True,
+                                      help_text=_("Why a healthy job is waiting (snoozed), not an error"))
+    errors = models.JSONField(verbose_name=_("errors"), default=list, blank=True,
+                              help_text=_("One entry per failed attempt"))
     result = models.TextField(verbose_name=_("result"), blank=True)
 
     class Meta:
@@ -124,7 +132,8 @@ class JobStat(models.Model):
     job_type = models.CharField(verbose_name=_("job type"), max_length=64)
     state = models.CharField(verbose_name=_("state"), max_length=16, choices=JobState.choices)
     count = models.PositiveIntegerField(verbose_name=_("count"), default=0)
-    timed = models.PositiveIntegerField(verbose_name=_("timed"), default=0, help_text=_("Of which started (duration and lateness known)"))
+    timed = models.PositiveIntegerField(verbose_name=_("timed"), default=0,
+                                        help_text=_("Of which started (duration and lateness known)"))
     duration_sum = models.FloatField(verbose_name=_("duration sum"), default=0.0)
     lateness_sum = models.FloatField(verbose_name=_("lateness sum"), default=0.0)
     duration_buckets = models.JSONField(verbose_name=_("duration buckets"), default=list, blank=True)

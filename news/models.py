@@ -16,12 +16,14 @@ class News(models.Model):
     author = models.CharField(verbose_name=_("author"), max_length=64, blank=True)
     digest = models.CharField(verbose_name=_("digest"), max_length=255, blank=True)
     cover_image = models.FileField(verbose_name=_("cover image"), upload_to="covers/", blank=True)
-    status = models.CharField(verbose_name=_("status"), max_length=16, choices=NewsStatus.choices, default=NewsStatus.DRAFT)
+    status = models.CharField(verbose_name=_("status"), max_length=16, choices=NewsStatus.choices,
+                              default=NewsStatus.DRAFT)
     scheduled_at = models.DateTimeField(verbose_name=_("scheduled at"), null=True, blank=True)
     published_at = models.DateTimeField(verbose_name=_("published at"), null=True, blank=True)
     expires_at = models.DateTimeField(verbose_name=_("expires at"), null=True, blank=True)
     archived_at = models.DateTimeField(verbose_name=_("archived at"), null=True, blank=True)
-    push_to_wechat = models.BooleanField(verbose_name=_("push to WeChat"), default=False, help_text=_("Also publish to the WeChat Official Account"))
+    push_to_wechat = models.BooleanField(verbose_name=_("push to WeChat"), default=False,
+                                         help_text=_("Also publish to the WeChat Official Account"))
     # Running totals, maintained by the analytics batch job.
     view_count = models.BigIntegerField(verbose_name=_("view count"), default=0)
     share_count = models.BigIntegerField(verbose_name=_("share count"), default=0)

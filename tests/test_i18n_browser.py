@@ -8,6 +8,7 @@ types, errors as recorded, ids, commands); each page leaves a screenshot in test
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 from datetime import timedelta
 from pathlib import Path
@@ -47,7 +48,8 @@ DATA = [WECHAT_ERROR, DEAD_ERROR, "Traceback (most recent call last):", "wechat:
 def data_values() -> list[str]:
     from jobs.registry import job_types
 
-    return [*DATA, *job_types()]
+    # A cluster of another run on the same Redis shows as this host's name: data too.
+    return [*DATA, *job_types(), socket.gethostname()]
 # Names and technical terms that Chinese pages use as they are.
 ALLOWED_WORDS = {"Django", "Q", "NextEvent", "Redis", "ID", "HTML", "JSON", "SHA", "URL", "p50", "p90", "p99",
                  "pid", "uploadimg", "media_id", "mmbiz", "qpic", "cn", "publish_status", "draft", "add",

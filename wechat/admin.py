@@ -6,7 +6,8 @@ from news.models import News
 from wechat.models import ArticleState, WechatArticle, WechatImage
 from wechat.services import wechat_resolve_unknown, wechat_retry
 
-ARTICLE_FIELDS = ("state", "what_happens_now", "draft_media_id", "publish_id", "article_id", "article_url", "publish_status", "polls",
+ARTICLE_FIELDS = ("state", "what_happens_now", "draft_media_id", "publish_id", "article_id", "article_url",
+                  "publish_status", "polls",
                   "reconcile_checks", "last_error", "drafted_at", "submitted_at", "published_at")
 
 
@@ -35,7 +36,8 @@ def state_explanation(state: str) -> str:
 
 @admin.register(WechatArticle)
 class WechatArticleAdmin(admin.ModelAdmin):
-    list_display = ("id", "news", "state", "what_happens_now", "draft_media_id", "publish_id", "article_url", "polls", "updated_at")
+    list_display = ("id", "news", "state", "what_happens_now", "draft_media_id", "publish_id", "article_url", "polls",
+                    "updated_at")
     list_filter = ("state",)
     search_fields = ("=news__id", "news__title", "=publish_id", "=draft_media_id", "=article_id")
     list_select_related = ("news",)

@@ -22,11 +22,14 @@ class WechatArticle(models.Model):
     stage records what WeChat returned before the next starts, so a job that runs again
     picks up where the last attempt stopped instead of uploading or submitting twice."""
 
-    news = models.OneToOneField("news.News", verbose_name=_("news item"), on_delete=models.CASCADE, related_name="wechat_article")
-    state = models.CharField(verbose_name=_("state"), max_length=16, choices=ArticleState.choices, default=ArticleState.PENDING)
+    news = models.OneToOneField("news.News", verbose_name=_("news item"), on_delete=models.CASCADE,
+                                related_name="wechat_article")
+    state = models.CharField(verbose_name=_("state"), max_length=16, choices=ArticleState.choices,
+                             default=ArticleState.PENDING)
     # An admin retry of a failed article starts a new generation: a new draft and a new marker.
     generation = models.PositiveIntegerField(verbose_name=_("generation"), default=1)
-    thumb_media_id = models.CharField(verbose_name=_("cover media id"), max_length=128, blank=True, help_text=_("Permanent material: the cover"))
+    thumb_media_id = models.CharField(verbose_name=_("cover media id"), max_length=128, blank=True,
+                                      help_text=_("Permanent material: the cover"))
     # Source URL of each content image -> its mmbiz.qpic.cn URL, so a retry re-uploads nothing.
     content_images = models.JSONField(verbose_name=_("content images"), default=dict, blank=True)
     # Hidden in the draft's content, so draft/batchget and freepublish/batchget can tell our
@@ -38,8 +41,10 @@ class WechatArticle(models.Model):
     publish_id = models.CharField(verbose_name=_("publish id"), max_length=64, blank=True, db_index=True)
     article_id = models.CharField(verbose_name=_("article id"), max_length=128, blank=True)
     article_url = models.URLField(verbose_name=_("article url"), max_length=1024, blank=True)
-    publish_status = models.SmallIntegerField(verbose_name=_("publish status"), null=True, blank=True, help_text=_("freepublish/get publish_status"))
-    polls = models.PositiveIntegerField(verbose_name=_("polls"), default=0, help_text=_("freepublish/get calls made for this article"))
+    publish_status = models.SmallIntegerField(verbose_name=_("publish status"), null=True, blank=True,
+                                              help_text=_("freepublish/get publish_status"))
+    polls = models.PositiveIntegerField(verbose_name=_("polls"), default=0,
+                                        help_text=_("freepublish/get calls made for this article"))
     reconcile_checks = models.PositiveIntegerField(verbose_name=_("reconcile checks"), 
         default=0, help_text=_("searches of the publish records after a submit with no answer"))
     rate_limit_waits = models.PositiveIntegerField(verbose_name=_("rate limit waits"), default=0)
@@ -72,8 +77,10 @@ class WechatImage(models.Model):
 
     kind = models.CharField(verbose_name=_("kind"), max_length=8, choices=ImageKind.choices)
     sha256 = models.CharField(verbose_name=_("sha256"), max_length=64)
-    media_id = models.CharField(verbose_name=_("media id"), max_length=128, blank=True, help_text=_("thumb: the permanent media_id"))
-    url = models.URLField(verbose_name=_("url"), max_length=1024, blank=True, help_text=_("content: the mmbiz.qpic.cn URL"))
+    media_id = models.CharField(verbose_name=_("media id"), max_length=128, blank=True,
+                                help_text=_("thumb: the permanent media_id"))
+    url = models.URLField(verbose_name=_("url"), max_length=1024, blank=True,
+                          help_text=_("content: the mmbiz.qpic.cn URL"))
     size = models.PositiveIntegerField(verbose_name=_("size"))
     filename = models.CharField(verbose_name=_("filename"), max_length=128, blank=True)
     created_at = models.DateTimeField(verbose_name=_("created at"), auto_now_add=True)

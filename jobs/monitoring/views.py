@@ -188,9 +188,10 @@ def dashboard(request):
         "totals": {k: sum(r[k] or 0 for r in overview.values())
                    for k in ("scheduled", "pending", "active", "retry", "dead", "completed_1h", "failed_1h",
                              "completed_today", "failed_today", "depth", "workers_alive")},
-        "hourly_chart": monitoring_charts.stacked_bars(history["hourly"], title=gettext("Last 24 hours, per hour"), width=640,
-                                                       label_every=3),
-        "daily_chart": monitoring_charts.stacked_bars(history["daily"], title=gettext("Last 7 days, per day"), width=440),
+        "hourly_chart": monitoring_charts.stacked_bars(history["hourly"], title=gettext("Last 24 hours, per hour"),
+                                                       width=640, label_every=3),
+        "daily_chart": monitoring_charts.stacked_bars(history["daily"], title=gettext("Last 7 days, per day"),
+                                                      width=440),
         "timings": _timing_rows(monitoring.timing_percentiles(now)),
         "lateness_sample": monitoring.LATENESS_SAMPLE,
         "failures": failures,
