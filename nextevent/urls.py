@@ -11,6 +11,8 @@ urlpatterns = [
     # Operations: /healthz, /readyz, /metrics, /admin/jobs/dashboard/ (before the admin's routes).
     path("", include("jobs.monitoring.urls")),
     path("admin/", admin.site.urls),
+    # Django's set_language (POST, CSRF-checked): the admin's language switch sets the cookie.
+    path("i18n/", include("django.conf.urls.i18n")),
     path("api/analytics/events", analytics_views.events, name="analytics-events"),
     path("wechat/", include("wechat.urls")),
 ]

@@ -38,6 +38,8 @@ DATA = [WECHAT_ERROR, DEAD_ERROR, "Traceback (most recent call last):", "wechat:
         "EDITOR", "media-draft-1", "publish-88", "https://mp.weixin.qq.com/s/abc", "freepublish/get",
         # Commands for operators (the CLI stays English).
         "manage.py jobs retry --all-dead", "manage.py qcluster",
+        # The language switch names each language in itself.
+        "简体中文", "English",
         # The health check's problems are recorded in English by the check (like log lines).
         "queue wechat: 2 dead job(s)",
         # Keys of the payload and of each recorded error (JSON, as stored).
@@ -189,5 +191,29 @@ def test_the_same_pages_stay_english_for_an_english_browser(live_server, browser
     assert "Dead" in texts["dead_job"]
     assert "a person must check WeChat" in texts["wechat_article"]
     for name, text in texts.items():
-        assert not re.search(r"[\u4e00-\u9fff]", text.replace("台风“海葵”登陆福建", "").replace("编辑部", "")), \
+        data = text.replace("台风“海葵”登陆福建", "").replace("编辑部", "").replace("简体中文", "")
+        assert not re.search(r"[\u4e00-\u9fff]", data), \
             f"Chinese on the English {name} page"
+
+
+def test_an_editor_switches_the_language_and_it_sticks(live_server, browser_in):
+    """The switch beside the user links posts to Django's set_language: its cookie wins over
+    the browser's Accept-Language on every later page, until switched back."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    dead, article = seed()
+    browser = browser_in("zh-CN")
+    login(browser, live_server.url)
+    browser.get(f"{live_server.url}/admin/jobs/job/{dead.pk}/change/")
+    assert browser.find_element(By.TAG_NAME, "html").get_attribute("lang") == "zh-hans"
+    Select(browser.find_element(By.ID, "language-select")).select_by_value("en")
+    browser.find_element(By.ID, "language-submit").click()
+    assert f"/admin/jobs/job/{dead.pk}/change/" in browser.current_url  # back where the editor was
+    assert browser.find_element(By.TAG_NAME, "html").get_attribute("lang") == "en"
+    assert browser.get_cookie("django_language")["value"] == "en"
+    browser.get(f"{live_server.url}/admin/jobs/dashboard/")
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Jobs dashboard"
+    Select(browser.find_element(By.ID, "language-select")).select_by_value("zh-hans")
+    browser.find_element(By.ID, "language-submit").click()
+    assert browser.find_element(By.TAG_NAME, "h1").text == "任务监控面板"

@@ -137,3 +137,13 @@ def test_the_cli_stays_english_when_the_fallback_is_chinese(capsys, settings):
     out = capsys.readouterr().out
     assert "analytics buffer" in out and "dead" in out
     assert not re.search(r"[\u4e00-\u9fff]", out), out
+
+
+@pytest.mark.parametrize("language,next_url", [("zh-hans", "https://evil.example/"), ("klingon", "/admin/"),
+                                               ("", ""), ("x" * 5000, "/admin/\x00")])
+def test_the_language_switch_refuses_bad_input_without_an_error(client, language, next_url):
+    response = client.post("/i18n/setlang/", {"language": language, "next": next_url})
+    assert response.status_code == 302
+    assert not response["Location"].startswith("https://evil.example")
+    cookie = response.cookies.get("django_language")
+    assert (cookie.value if cookie else None) == ("zh-hans" if language == "zh-hans" else None)
