@@ -7,11 +7,12 @@ row is deleted once resubmitted). The job ledger (jobs.Job) remains the place to
 """
 
 from django.contrib import admin
+from django.utils.translation import gettext_lazy as _
 from django_q import admin as q_admin
 from django_q.models import Failure, Schedule, Success
 
 
-@admin.action(description="Resubmit selected tasks to queue", permissions=["resubmit"])
+@admin.action(description=_("Resubmit selected tasks to queue"), permissions=["resubmit"])
 def resubmit_task(model_admin, request, queryset):
     q_admin.resubmit_task(model_admin, request, queryset)
 

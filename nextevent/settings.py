@@ -109,7 +109,18 @@ TEMPLATES = [
 DATABASES = {"default": database_config(env, embedded=EMBEDDED)}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-LANGUAGE_CODE = "en-us"
+# Languages: each request gets the one its `django_language` cookie or its browser's
+# Accept-Language asks for (LocaleMiddleware); LANGUAGE_CODE is only the fallback. The
+# catalogues are locale/<lang>/LC_MESSAGES/django.po, compiled by the install path
+# (`manage.py compilemessages`). Logs, metrics and the CLI stay English.
+LANGUAGES = [("zh-hans", "简体中文"), ("en", "English")]
+LANGUAGE_CODE = (env.str("LANGUAGE_CODE", "") or "en").lower()
+if LANGUAGE_CODE not in dict(LANGUAGES):
+    raise ConfigError(f"LANGUAGE_CODE must be one of {', '.join(dict(LANGUAGES))}, got {LANGUAGE_CODE!r}")
+LOCALE_PATHS = [BASE_DIR / "locale"]
+# After the session (which may hold the language) and before CommonMiddleware.
+MIDDLEWARE.insert(MIDDLEWARE.index("django.contrib.sessions.middleware.SessionMiddleware") + 1,
+                  "django.middleware.locale.LocaleMiddleware")
 TIME_ZONE = env.str("TIME_ZONE", "Asia/Shanghai")
 USE_I18N = True
 USE_TZ = True

@@ -276,7 +276,7 @@ def test_manage_py_fake_wechat_serves_the_quick_starts_account(tmp_path):
     assert f"fake WeChat API on {base}" in output and "demo-secret" not in output
 
 
-# ---------------------------------------------------------------- issue 13: as strict as the documentation
+# ---------------------------------------------------------------- as strict as the documentation
 
 
 def token_body(**extra):

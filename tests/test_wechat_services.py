@@ -456,7 +456,7 @@ def test_an_unknown_submit_is_never_sent_again_and_goes_to_a_person_when_wechat_
         published, fake_wechat, settings, response):
     """"close": the submit never reached WeChat; "drop": WeChat accepted it and is still
     publishing (the draft stays in the box, batchget lists successes only). We cannot tell the
-    two apart, so neither is submitted again (issue 13, finding 1)."""
+    two apart, so neither is submitted again."""
     settings.WECHAT_RECONCILE_MAX_CHECKS = 2
     news = published()
     article = lost_submit(fake_wechat, news, response)
@@ -489,7 +489,8 @@ def test_when_the_publish_records_cannot_be_searched_a_person_decides(published,
     assert WechatArticle.objects.get(news=news).state == ArticleState.UNKNOWN
     with pytest.raises(PermanentError, match="could not be searched"):
         publish(article)
-    assert wechat_retry(news_id=news.pk) == f"news {news.pk}: not retried, article is unknown"
+    assert wechat_retry(news_id=news.pk) == (f"News {news.pk}: not retried, the article is in state "
+                                             "“Submit outcome unknown: a person must check WeChat”.")
     assert fake_wechat.count("freepublish/submit") == 1
 
 
@@ -557,7 +558,7 @@ def test_retrying_a_failed_article_starts_over_with_a_new_draft(published, fake_
         publish(article)
     Job.objects.filter(subject=f"news:{news.pk}").update(state=JobState.DEAD, live_key=None)
 
-    assert wechat_retry(news_id=news.pk) == f"news {news.pk}: draft creation queued"
+    assert wechat_retry(news_id=news.pk) == f"News {news.pk}: draft creation queued."
     new = drafted(fake_wechat, news)
 
     assert new.draft_media_id != article.draft_media_id and new.publish_id == ""
