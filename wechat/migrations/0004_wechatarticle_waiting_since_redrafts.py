@@ -6,18 +6,18 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('wechat', '0002_draft_marker_reconcile_images'),
+        ('wechat', '0003_verbose_names'),
     ]
 
     operations = [
         migrations.AddField(
             model_name='wechatarticle',
             name='redrafts',
-            field=models.PositiveSmallIntegerField(default=0),
+            field=models.PositiveSmallIntegerField(default=0, verbose_name='new drafts'),
         ),
         migrations.AddField(
             model_name='wechatarticle',
             name='waiting_since',
-            field=models.DateTimeField(blank=True, null=True),
+            field=models.DateTimeField(blank=True, null=True, verbose_name='waiting for WeChat since'),
         ),
     ]
