@@ -78,7 +78,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    # Serves STATIC_ROOT (filled by `collectstatic`) from gunicorn itself (issue 14).
+    # Serves STATIC_ROOT (filled by `collectstatic`) from gunicorn itself.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -156,7 +156,7 @@ SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
 # --- Redis: one set of connection keywords for every client in the project ---
 REDIS = redis_config(env, embedded=EMBEDDED)
 REDIS_SOCKET_TIMEOUT = redis_socket_timeout(env)  # also the analytics buffer's own Redis
-# Sentinels that name the master (REDIS_SENTINELS); None: REDIS's host and port (issue 14).
+# Sentinels that name the master (REDIS_SENTINELS); None: REDIS's host and port.
 REDIS_SENTINEL = None if EMBEDDED else sentinel_config(env)
 
 # --- Job engine (jobs/) ---
@@ -348,7 +348,7 @@ WECHAT_MAX_RATE_LIMIT_WAITS = env.int("WECHAT_MAX_RATE_LIMIT_WAITS", 10, min_val
 # urllib3 logs request URLs at DEBUG, and WeChat puts the access token in the query string.
 LOGGING["loggers"]["urllib3"] = {"level": "INFO"}
 
-# --- Operations (issue 7): /healthz, /readyz, /metrics, alerts (jobs/monitoring*) ---
+# --- Operations: /healthz, /readyz, /metrics, alerts (jobs/monitoring*) ---
 # Where alerts go (dead jobs, old pending jobs). It often embeds a token: never logged in full.
 ALERT_WEBHOOK_URL = env.str("ALERT_WEBHOOK_URL", "")
 if ALERT_WEBHOOK_URL and not ALERT_WEBHOOK_URL.startswith(("http://", "https://")):
@@ -385,7 +385,7 @@ ANALYTICS_BATCH_MAX_SECONDS = env.float("ANALYTICS_BATCH_MAX_SECONDS", 120, min_
 # they have been idle this long. Must exceed the time one chunk takes to commit.
 ANALYTICS_CLAIM_IDLE_SECONDS = env.float("ANALYTICS_CLAIM_IDLE_SECONDS", 30, min_value=0)
 ANALYTICS_RAW_RETENTION_DAYS = env.int("ANALYTICS_RAW_RETENTION_DAYS", 30, min_value=1)
-# Replicas that must hold an event before ingest answers (Redis WAIT, issue 14). 0: answer
+# Replicas that must hold an event before ingest answers (Redis WAIT). 0: answer
 # once the master has it; a failover can then lose the events not yet replicated.
 ANALYTICS_WAIT_REPLICAS = env.int("ANALYTICS_WAIT_REPLICAS", 0, min_value=0, max_value=16)
 ANALYTICS_WAIT_TIMEOUT_MS = env.int("ANALYTICS_WAIT_TIMEOUT_MS", 100, min_value=1)
