@@ -1,0 +1,231 @@
+"""A frozen host: every process of one qcluster SIGSTOPped at once, as a paused VM or a
+stalled container leaves them, while a second qcluster runs on another hostname
+(`unshare --uts` gives each its own). A frozen host renews no lease and answers nothing, yet
+its processes are alive: its own host's reaper cannot see it, only the lease running out
+can. The other host takes its jobs over within JOBS_LEASE_SECONDS + 1 s, and once the frozen
+one wakes up (SIGCONT) and finishes what it was doing, nothing it writes moves the ledger, a
+WeChat article is still submitted once, and analytics events are still counted once."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+
+import psutil
+import pytest
+from django.conf import settings
+from django.db import connections, transaction
+from django.utils import timezone
+
+from jobs import scheduler
+from jobs.models import Job, JobState
+from jobs.system import SYSTEM_NOOP
+from nextevent.redis import get_redis
+from tests.conftest import ROOT, ClusterProcess, slack, wait_for
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.cluster]
+
+LEASE_SECONDS = 5
+# A short lease renewed every second (the settings refuse a renewal slower than half of it).
+LEASE = {"JOBS_LEASE_SECONDS": str(LEASE_SECONDS), "JOBS_HEARTBEAT_SECONDS": "1", "LOG_LEVEL": "INFO"}
+
+
+def takeover_bound() -> float:
+    """Seconds from the freeze to the other host's claim: the lease is a guarantee (not
+    scaled); the reap pass (every second), the wake-up and the claim get the test's slack."""
+    return LEASE_SECONDS + slack(1.0)
+
+
+# ---------------------------------------------------------------- hosts
+
+
+def _unshare_refusal() -> str | None:
+    try:
+        probe = subprocess.run(["unshare", "--uts", "hostname", "frozen-host-probe"], capture_output=True,
+                               text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unshare --uts cannot run here ({exc})"
+    if probe.returncode != 0:
+        return f"unshare --uts is not permitted here (needs root or CAP_SYS_ADMIN): {probe.stderr.strip()}"
+    return None
+
+
+class HostCluster(ClusterProcess):
+    """`manage.py qcluster` under a hostname of its own. unshare and sh exec, so the pid is
+    the supervisor's."""
+
+    def __init__(self, host: str, args, env, log_path):
+        self.host = host
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        command = [sys.executable, str(ROOT / "manage.py"), "qcluster", *args]
+        self.proc = subprocess.Popen(["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', host, *command],
+                                     cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        self.frozen: list[psutil.Process] = []
+
+    def tree(self) -> list[psutil.Process]:
+        try:
+            root = psutil.Process(self.pid)
+            return [root] + root.children(recursive=True)
+        except psutil.Error:
+            return []
+
+    def freeze(self) -> float:
+        """SIGSTOP every process of the tree, collected first, in one pass; again for any
+        process that appeared meanwhile (a worker being replaced) until none is left
+        running. Returns the time of the freeze."""
+        seen: dict[int, psutil.Process] = {}
+        for _ in range(20):
+            fresh = [p for p in self.tree() if p.pid not in seen]
+            if not fresh:
+                break
+            for p in fresh:
+                seen[p.pid] = p
+            self.frozen = list(seen.values())
+            for p in fresh:
+                try:
+                    p.send_signal(signal.SIGSTOP)
+                except psutil.Error:
+                    pass
+        at = time.time()
+
+        def all_stopped():
+            return all(_status(p) in (psutil.STATUS_STOPPED, None) for p in self.frozen)
+
+        wait_for(all_stopped, 5, 0.02, f"every process of {self.host} to be stopped")
+        return at
+
+    def thaw(self) -> None:
+        for p in self.frozen + self.tree():
+            try:
+                p.send_signal(signal.SIGCONT)
+            except psutil.Error:
+                pass
+
+    def log_count(self, pattern: str) -> int:
+        return len(re.findall(pattern, self.log()))
+
+
+def _status(p: psutil.Process) -> str | None:
+    try:
+        return p.status()
+    except psutil.Error:
+        return None
+
+
+@pytest.fixture
+def start_host(cluster_env, tmp_path, request):
+    """Start qclusters on hostnames of their own. Whatever happens in the test, each tree is
+    woken (SIGCONT), stopped, and what is left of it killed."""
+    refusal = _unshare_refusal()
+    if refusal:
+        pytest.skip(refusal)
+    started: list[HostCluster] = []
+
+    def start(host: str, *, queues: list[str], env: dict | None = None, wait: bool = True) -> HostCluster:
+        cluster = HostCluster(host, ["--no-sync-schedules", "--queues", ",".join(queues)],
+                              {**cluster_env, **LEASE, **(env or {})}, tmp_path / f"qcluster-{host}.log")
+        started.append(cluster)
+        if wait:
+            cluster.wait_ready(queues)
+        return cluster
+
+    yield start
+    for cluster in started:
+        cluster.thaw()
+    trees = {cluster: cluster.tree() for cluster in started}
+    for cluster in started:
+        if cluster.proc.poll() is None:
+            cluster.proc.send_signal(signal.SIGTERM)
+    for cluster, tree in trees.items():
+        try:
+            cluster.proc.wait(40)
+        except subprocess.TimeoutExpired:
+            pass
+        for p in tree + cluster.frozen:  # never leave a stopped or orphaned process behind
+            try:
+                p.send_signal(signal.SIGCONT)
+                p.kill()
+            except psutil.Error:
+                pass
+        if cluster.proc.poll() is None:
+            cluster.proc.wait(10)
+        cluster._log.close()
+    if getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed:
+        for cluster in started:
+            print(f"--- qcluster {cluster.host} ({cluster.pid}) log ---\n{cluster.log()[-6000:]}")
+
+
+def on_host(host: str):
+    return {"worker__startswith": f"{host}:"}
+
+
+def ledger(job_ids) -> dict:
+    fields = ("state", "attempts", "claims", "worker", "result", "finished_at", "started_at", "errors", "last_error")
+    return {row["id"]: row for row in Job.objects.filter(pk__in=job_ids).values("id", *fields)}
+
+
+# ---------------------------------------------------------------- engine jobs
+
+
+JOBS = 4
+SLEEP = 20.0  # longer than host-b's start and the takeover: still running on host-a when it freezes
+
+
+def test_a_frozen_host_s_jobs_are_taken_over_within_the_lease_and_its_wake_up_changes_nothing(start_host):
+    four = {"JOBS_WORKERS_DEFAULT": str(JOBS)}
+    a = start_host("host-a", queues=["default"], env=four)
+    ids = [scheduler.enqueue(SYSTEM_NOOP, {"sleep": SLEEP, "marker": f"frozen-{i}"}) for i in range(JOBS)]
+    wait_for(lambda: Job.objects.filter(pk__in=ids, state=JobState.ACTIVE, **on_host("host-a")).count() == JOBS,
+             20, 0.05, f"all {JOBS} jobs to run on host-a")
+    b = start_host("host-b", queues=["default"], env=four)
+    assert Job.objects.filter(pk__in=ids, state=JobState.ACTIVE, attempts=1, **on_host("host-a")).count() == JOBS, \
+        "the jobs finished before host-b was up: the machine is too slow for SLEEP"
+
+    frozen_at = a.freeze()
+    held = ledger(ids)
+
+    def taken_over():
+        rows = ledger(ids)
+        return rows if all(r["attempts"] == 2 and r["worker"].startswith("host-b:") for r in rows.values()) else None
+
+    rows = wait_for(taken_over, takeover_bound() + 5, 0.05, "host-b to take every frozen job over")
+    took = sorted(round(r["started_at"].timestamp() - frozen_at, 2) for r in rows.values())
+    print(f"takeover after the freeze: {took} s (bound {takeover_bound()} s)")
+    assert max(took) <= takeover_bound(), took
+    for job_id, row in rows.items():
+        # Seen by the lease only: host-a's processes are alive, its own reaper saw nothing.
+        [lost] = row["errors"]
+        assert lost["worker"] == held[job_id]["worker"] and lost["error"].startswith("worker lost: lease expired")
+
+    # Woken while host-b still runs them: each stale worker finishes its sleep and tries to
+    # complete its attempt; the claim fence refuses it (the row is active, claim 2 not 1).
+    a.thaw()
+    refused = r"job (\d+) attempt 1 finished after losing its lease"
+    wait_for(lambda: {int(i) for i in re.findall(refused, a.log())} >= set(ids), 30, 0.2,
+             "host-a's stale workers to finish and be refused")
+    done = wait_for(lambda: (lambda rows: rows if all(r["state"] == JobState.COMPLETED for r in rows.values())
+                             else None)(ledger(ids)), SLEEP + 20, 0.1, "host-b to complete every job")
+    for job_id, row in done.items():
+        # What host-b wrote: its whole run, its result, attempt 2.
+        assert (row["attempts"], row["claims"], row["result"]) == (2, 2, f"frozen-{ids.index(job_id)}")
+        assert row["worker"].startswith("host-b:") and len(row["errors"]) == 1
+        assert (row["finished_at"] - row["started_at"]).total_seconds() >= SLEEP, row
+    # Host-a is awake and idle again (it has stopped renewing, its dispatcher has run):
+    # nothing changes any more, and each job completed once, on host-b.
+    wait_for(lambda: a.log_count(r"lost its lease") >= JOBS, 10, 0.2, "host-a's lease keepers to give up")
+    time.sleep(2)
+    assert ledger(ids) == done
+    for job_id in ids:
+        assert b.log_count(rf"job completed job_id={job_id} ") == 1
+        assert a.log_count(rf"job completed job_id={job_id} ") == 0
+        marker = ids.index(job_id)
+        assert [r.decode() for r in get_redis().lrange(f"nextevent:noop:frozen-{marker}", 0, -1)] == [
+            f"{job_id}:1", f"{job_id}:2"]
