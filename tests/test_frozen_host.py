@@ -27,7 +27,12 @@ from jobs import scheduler
 from jobs.models import Job, JobState
 from jobs.system import SYSTEM_NOOP
 from nextevent.redis import get_redis
+from news.factories import NewsFactory
+from news.services import news_publish
 from tests.conftest import ROOT, ClusterProcess, slack, wait_for
+from tests.wechat_fixtures import CALLBACK_TOKEN, fake_wechat, wechat_env  # noqa: F401
+from wechat.models import ArticleState, WechatArticle
+from wechat.scheduling import WECHAT_PUBLISHING
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.cluster]
 
@@ -229,3 +234,79 @@ def test_a_frozen_host_s_jobs_are_taken_over_within_the_lease_and_its_wake_up_ch
         marker = ids.index(job_id)
         assert [r.decode() for r in get_redis().lrange(f"nextevent:noop:frozen-{marker}", 0, -1)] == [
             f"{job_id}:1", f"{job_id}:2"]
+
+
+# ---------------------------------------------------------------- a WeChat submit
+
+
+KEY = "kWxPEV2UEDyxWpmPdKC3F4dgPDmOvfKX1HGnEUDS1aR"
+SUBMIT_ANSWER_DELAY = 4  # WeChat accepts at once and answers late: the answer reaches a frozen host
+PUBLISH_SECONDS = 16  # still publishing when the frozen host wakes up (about 8 s after its freeze)
+
+
+@pytest.fixture
+def wechat(fake_wechat, live_server, settings):
+    """The fake pushing PUBLISHJOBFINISH, encrypted, to the live server's callback URL."""
+    settings.WECHAT_ENCODING_AES_KEY = KEY
+    fake_wechat.callback_url, fake_wechat.callback_token = f"{live_server.url}/wechat/callback", CALLBACK_TOKEN
+    fake_wechat.callback_mode, fake_wechat.encoding_aes_key = "safe", KEY
+    return fake_wechat
+
+
+def submits(fake) -> int:
+    return fake.count("freepublish/submit")
+
+
+def test_a_frozen_host_holding_a_wechat_submit_is_taken_over_and_the_article_is_submitted_once(start_host,
+                                                                                               wechat):
+    wechat.publish_seconds = PUBLISH_SECONDS
+    wechat.script("freepublish/submit", ("delay", SUBMIT_ANSWER_DELAY))
+    env = wechat_env(wechat, WECHAT_RECONCILE_MAX_CHECKS=30, WECHAT_RECONCILE_DELAY=1, WECHAT_POLL_MAX_INTERVAL=2,
+                     WECHAT_ENCODING_AES_KEY=KEY)
+    hosts = {name: start_host(name, queues=["wechat"], env=env, wait=False) for name in ("host-a", "host-b")}
+    for cluster in hosts.values():
+        cluster.wait_ready(["wechat"])
+    news = NewsFactory(push_to_wechat=True)
+    news_publish(news_id=news.pk)
+    publishing = {"job_type": WECHAT_PUBLISHING, "subject": f"news:{news.pk}"}
+
+    # The submit has reached WeChat, its answer is on the way: freeze the host that sent it.
+    wait_for(lambda: wechat.publishes, 40, 0.01, "the submit to reach WeChat")
+    holder = Job.objects.get(**publishing, state=JobState.ACTIVE)
+    frozen_name = holder.worker.split(":")[0]
+    [healthy_name] = set(hosts) - {frozen_name}
+    frozen, healthy = hosts[frozen_name], hosts[healthy_name]
+    frozen_at = frozen.freeze()
+    assert WechatArticle.objects.get(news=news).state == ArticleState.SUBMITTING
+
+    claimed = wait_for(lambda: Job.objects.filter(**publishing, claims__gte=2).first(), takeover_bound() + 5, 0.02,
+                       f"{healthy_name} to take the publishing job over")
+    took = round(claimed.started_at.timestamp() - frozen_at, 2)
+    print(f"wechat submit: taken over by {healthy_name} {took} s after the freeze (bound {takeover_bound()} s)")
+    assert claimed.claims == 2 and claimed.worker.startswith(f"{healthy_name}:") and took <= takeover_bound()
+    # It cannot know whether WeChat took the submit: it looks, and waits, without submitting.
+    wait_for(lambda: Job.objects.filter(**publishing, state=JobState.SCHEDULED, claims__gte=2,
+                                        waiting_reason__contains="not submitted again").exists(), 20, 0.05,
+             f"{healthy_name} to search the records and wait")
+    assert submits(wechat) == 1 and WechatArticle.objects.get(news=news).state == ArticleState.CHECKING
+
+    # The frozen host wakes, reads its late answer and records the publish_id; its attempt's
+    # outcome (a snooze) is refused by the claim fence.
+    frozen.thaw()
+    wait_for(lambda: frozen.log_count(rf"news {news.pk} draft \S+ submitted as publish") == 1, 20, 0.1,
+             f"{frozen_name}'s stale worker to get its answer")
+    article = wait_for(lambda: WechatArticle.objects.filter(news=news, state=ArticleState.PUBLISHED).first(),
+                       PUBLISH_SECONDS + 20, 0.1, "the push to settle the article")
+    job = wait_for(lambda: Job.objects.filter(**publishing, state=JobState.COMPLETED).first(), 30, 0.1,
+                   "the publishing job to complete")
+    [pub] = wechat.publishes.values()
+    assert article.publish_id == str(pub["publish_id"]) and article.article_url == pub["urls"][0]
+    assert {"submits": submits(wechat), "publications": len(wechat.publishes), "drafts in the box": len(wechat.drafts)} \
+        == {"submits": 1, "publications": 1, "drafts in the box": 0}
+    assert job.worker.startswith(f"{healthy_name}:") and job.errors[0]["worker"] == holder.worker
+    assert Job.objects.filter(job_type=WECHAT_PUBLISHING).count() == 1
+    # Nothing moves after the wake-up any more.
+    before = (list(WechatArticle.objects.filter(news=news).values()), ledger([job.pk]))
+    time.sleep(3)
+    assert (list(WechatArticle.objects.filter(news=news).values()), ledger([job.pk])) == before
+    assert submits(wechat) == 1
