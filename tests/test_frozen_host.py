@@ -23,11 +23,16 @@ from django.conf import settings
 from django.db import connections, transaction
 from django.utils import timezone
 
+from analytics.ingest import STREAM_KEY, record_events
+from analytics.models import AppliedBatch, ApplyLock, DailyStat, RawEvent
+from analytics.scheduling import NEWS_ANALYTICS
+from analytics.services import GROUP
 from jobs import scheduler
 from jobs.models import Job, JobState
 from jobs.system import SYSTEM_NOOP
 from nextevent.redis import get_redis
 from news.factories import NewsFactory
+from news.models import News
 from news.services import news_publish
 from tests.conftest import ROOT, ClusterProcess, slack, wait_for
 from tests.wechat_fixtures import CALLBACK_TOKEN, fake_wechat, wechat_env  # noqa: F401
@@ -310,3 +315,111 @@ def test_a_frozen_host_holding_a_wechat_submit_is_taken_over_and_the_article_is_
     time.sleep(3)
     assert (list(WechatArticle.objects.filter(news=news).values()), ledger([job.pk])) == before
     assert submits(wechat) == 1
+
+
+# ---------------------------------------------------------------- an analytics batch
+
+
+EVENTS, CHUNK = 1200, 500
+
+
+def _pending_by_host() -> Counter:
+    """Entries read and not yet acknowledged, by the host in the reading batch's consumer name."""
+    try:
+        rows = get_redis().xpending_range(STREAM_KEY, GROUP, "-", "+", EVENTS)
+    except Exception:  # noqa: BLE001 - no group yet
+        return Counter()
+    return Counter(row["consumer"].decode().split(":")[0] for row in rows)
+
+
+def assert_counted_once(events):
+    day = timezone.localdate()
+    expected = Counter((e["news_id"], day, e["event_type"]) for e in events)
+    got = Counter({(n, d, t): c for n, d, t, c in DailyStat.objects.values_list("news_id", "day", "event_type", "count")})
+    assert got == expected
+    for news in News.objects.all():
+        assert (news.view_count, news.share_count, news.like_count) == tuple(
+            expected[(news.pk, day, t)] for t in ("view", "share", "like"))
+    assert RawEvent.objects.count() == len(events)
+    assert sorted(RawEvent.objects.values_list("stream_id", flat=True)) == sorted(
+        set(RawEvent.objects.values_list("stream_id", flat=True)))
+
+
+def counters() -> tuple:
+    return (sorted(DailyStat.objects.values_list("news_id", "day", "event_type", "count")),
+            sorted(News.objects.values_list("pk", "view_count", "share_count", "like_count")),
+            RawEvent.objects.count(), AppliedBatch.objects.count())
+
+
+@pytest.mark.usefixtures("clear_of_local_midnight")
+def test_a_frozen_host_holding_an_analytics_batch_is_taken_over_and_every_event_is_counted_once(start_host):
+    env = {"ANALYTICS_BATCH_CHUNK": str(CHUNK),
+           # Entries idle this long are another batch's to take over: the frozen host's
+           # are, well before the job's lease runs out.
+           "ANALYTICS_CLAIM_IDLE_SECONDS": "2"}
+    hosts = {name: start_host(name, queues=["analytics"], env=env, wait=False) for name in ("host-a", "host-b")}
+    for cluster in hosts.values():
+        cluster.wait_ready(["analytics"])
+    news_ids = [NewsFactory().pk for _ in range(5)]
+    events = [{"news_id": news_ids[i % 5], "event_type": ("view", "share", "like", "view")[i % 4],
+               "user_id": f"u{i % 17}"} for i in range(EVENTS)]
+    record_events(events)
+    ApplyLock.objects.create(name="apply")
+
+    # Another connection holds the apply lock while the batch reads its first chunk, so the
+    # batch is caught mid-chunk: entries read, its chunk's transaction waiting for the lock.
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_lock():
+        try:
+            with transaction.atomic():
+                ApplyLock.objects.select_for_update().get(name="apply")
+                locked.set()
+                release.wait(60)
+        finally:
+            connections.close_all()
+
+    holder_thread = threading.Thread(target=hold_lock)
+    holder_thread.start()
+    try:
+        assert locked.wait(10)
+        job_id = scheduler.enqueue(NEWS_ANALYTICS, {"reason": "frozen"})
+        wait_for(lambda: sum(_pending_by_host().values()) == CHUNK, 30, 0.02, "the batch to read its first chunk")
+        holder = Job.objects.get(pk=job_id, state=JobState.ACTIVE)
+        frozen_name = holder.worker.split(":")[0]
+        [healthy_name] = set(hosts) - {frozen_name}
+        frozen, healthy = hosts[frozen_name], hosts[healthy_name]
+        frozen_at = frozen.freeze()
+    finally:
+        release.set()
+        holder_thread.join(10)
+    # The frozen batch now holds the apply lock (granted to its waiting statement), in a
+    # transaction it cannot finish: the worst moment for everybody else.
+    assert _pending_by_host() == {frozen_name: CHUNK} and not AppliedBatch.objects.exists()
+
+    claimed = wait_for(lambda: Job.objects.filter(pk=job_id, claims__gte=2).first(), takeover_bound() + 5, 0.02,
+                       f"{healthy_name} to take the analytics job over")
+    took = round(claimed.started_at.timestamp() - frozen_at, 2)
+    print(f"analytics batch: taken over by {healthy_name} {took} s after the freeze (bound {takeover_bound()} s)")
+    assert claimed.worker.startswith(f"{healthy_name}:") and took <= takeover_bound()
+    # The new run takes the frozen batch's entries over, then waits for the lock it holds.
+    wait_for(lambda: _pending_by_host() == {healthy_name: CHUNK}, 20, 0.05,
+             f"{healthy_name}'s batch to take over the frozen batch's entries")
+    assert RawEvent.objects.count() == 0
+
+    # Awake, the frozen batch commits the chunk it holds, then the other one finds it
+    # counted under the lock: both had the same 500 entries, they are counted once.
+    frozen.thaw()
+    job = wait_for(lambda: Job.objects.filter(pk=job_id, state=JobState.COMPLETED).first(), 60, 0.1,
+                   "the analytics job to complete")
+    wait_for(lambda: frozen.log_count(rf"job {job_id} attempt 1 finished after losing its lease") == 1, 30, 0.2,
+             f"{frozen_name}'s stale batch to finish and be refused")
+    assert job.worker.startswith(f"{healthy_name}:") and job.errors[0]["worker"] == holder.worker
+    assert f"{CHUNK} taken over" in job.result and f"{CHUNK} already counted" in job.result, job.result
+    assert_counted_once(events)
+    assert sum(_pending_by_host().values()) == 0 and get_redis().xlen(STREAM_KEY) == 0
+    # Nothing moves after the wake-up any more.
+    before = (counters(), ledger([job_id]))
+    time.sleep(3)
+    assert (counters(), ledger([job_id])) == before
+    assert_counted_once(events)
