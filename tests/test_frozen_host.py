@@ -123,6 +123,15 @@ class HostCluster(ClusterProcess):
         return len(re.findall(pattern, self.log()))
 
 
+def stale_completions(cluster: HostCluster) -> dict[int, str]:
+    """How each first attempt that ran on `cluster` ended, from its log: its completion
+    "written" or "refused" (by the claim fence: another worker holds the job now)."""
+    log = cluster.log()
+    seen = {int(i): "written" for i in re.findall(r"job completed job_id=(\d+) \S+ \S+ attempt=1 ", log)}
+    seen.update({int(i): "refused" for i in re.findall(r"job (\d+) attempt 1 finished after losing its lease", log)})
+    return seen
+
+
 def _status(p: psutil.Process) -> str | None:
     try:
         return p.status()
@@ -223,9 +232,9 @@ def test_a_frozen_host_s_jobs_are_taken_over_within_the_lease_and_its_wake_up_ch
     # Woken while host-b still runs them: each stale worker finishes its sleep and tries to
     # complete its attempt; the claim fence refuses it (the row is active, claim 2 not 1).
     a.thaw()
-    refused = r"job (\d+) attempt 1 finished after losing its lease"
-    wait_for(lambda: {int(i) for i in re.findall(refused, a.log())} >= set(ids), 30, 0.2,
-             "host-a's stale workers to finish and be refused")
+    outcomes = wait_for(lambda: (lambda seen: seen if set(seen) >= set(ids) else None)(stale_completions(a)), 30,
+                        0.2, "host-a's stale workers to finish their attempts")
+    assert {i: outcomes[i] for i in ids} == {i: "refused" for i in ids}
     done = wait_for(lambda: (lambda rows: rows if all(r["state"] == JobState.COMPLETED for r in rows.values())
                              else None)(ledger(ids)), SLEEP + 20, 0.1, "host-b to complete every job")
     for job_id, row in done.items():
@@ -443,8 +452,8 @@ def test_a_frozen_host_holding_an_analytics_batch_is_taken_over_and_every_event_
     frozen.thaw()
     job = wait_for(lambda: Job.objects.filter(pk=job_id, state=JobState.COMPLETED).first(), 60, 0.1,
                    "the analytics job to complete")
-    wait_for(lambda: frozen.log_count(rf"job {job_id} attempt 1 finished after losing its lease") == 1, 30, 0.2,
-             f"{frozen_name}'s stale batch to finish and be refused")
+    outcomes = wait_for(lambda: stale_completions(frozen), 30, 0.2, f"{frozen_name}'s stale batch to finish")
+    assert outcomes == {job_id: "refused"}
     assert job.worker.startswith(f"{healthy_name}:") and job.errors[0]["worker"] == holder.worker
     assert f"{CHUNK} taken over" in job.result and f"{CHUNK} already counted" in job.result, job.result
     assert_counted_once(events)
