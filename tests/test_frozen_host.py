@@ -306,9 +306,13 @@ def test_a_frozen_host_holding_a_wechat_submit_is_taken_over_and_the_article_is_
                                                                                  holder.worker, holder.claims)
     assert took <= takeover_bound()
     # It cannot know whether WeChat took the submit: it looks, and waits, without submitting.
-    wait_for(lambda: Job.objects.filter(**publishing, state=JobState.SCHEDULED, claims__gte=2,
-                                        waiting_reason__contains="not submitted again").exists(), 20, 0.05,
-             f"{healthy_name} to search the records and wait")
+    def searched_and_waiting():
+        # Fail at a second submit, not at the timeout.
+        assert submits(wechat) == 1, f"{healthy_name} submitted the article again: {wechat.calls_to('freepublish/submit')}"
+        return Job.objects.filter(**publishing, state=JobState.SCHEDULED, claims__gte=2,
+                                  waiting_reason__contains="not submitted again").exists()
+
+    wait_for(searched_and_waiting, 20, 0.05, f"{healthy_name} to search the records and wait")
     assert submits(wechat) == 1 and WechatArticle.objects.get(news=news).state == ArticleState.CHECKING
 
     # The frozen host wakes, reads its late answer and records the publish_id; its attempt's
