@@ -15,6 +15,8 @@ import sys
 import threading
 import time
 from collections import Counter
+from datetime import datetime
+from datetime import timezone as dt_timezone
 
 import psutil
 import pytest
@@ -26,7 +28,7 @@ from analytics.models import AppliedBatch, ApplyLock, DailyStat, RawEvent
 from analytics.scheduling import NEWS_ANALYTICS
 from analytics.services import GROUP
 from jobs import scheduler
-from jobs.models import Job, JobState
+from jobs.models import Heartbeat, Job, JobState
 from jobs.system import SYSTEM_NOOP
 from nextevent.redis import get_redis
 from news.factories import NewsFactory
@@ -110,12 +112,22 @@ class HostCluster(ClusterProcess):
         wait_for(all_stopped, 5, 0.02, f"every process of {self.host} to be stopped")
         return at
 
-    def thaw(self) -> None:
+    def thaw(self) -> float:
         for p in self.frozen + self.tree():
             try:
                 p.send_signal(signal.SIGCONT)
             except psutil.Error:
                 pass
+        return time.time()
+
+    def wait_dispatcher_pass(self, since: float) -> None:
+        """Its dispatcher writes its heartbeat at the end of a pass (reap and re-push
+        included), at once after a freeze longer than its 5 s beat."""
+        def beat():
+            return Heartbeat.objects.filter(kind="dispatcher", name__startswith=f"dispatcher:{self.host}:",
+                                            seen_at__gt=datetime.fromtimestamp(since, dt_timezone.utc)).exists()
+
+        wait_for(beat, 15, 0.1, f"a dispatcher pass on {self.host} after it woke up")
 
     def log_count(self, pattern: str) -> int:
         return len(re.findall(pattern, self.log()))
@@ -180,6 +192,15 @@ def start_host(cluster_env, tmp_path, request):
             print(f"--- qcluster {cluster.host} ({cluster.pid}) log ---\n{cluster.log()[-6000:]}")
 
 
+def assert_nothing_moves(woken: HostCluster, woke_at: float, snapshot) -> None:
+    """Once the woken host's dispatcher has run again, `snapshot()` stays the same over two
+    more reap passes of every dispatcher (one a second)."""
+    woken.wait_dispatcher_pass(woke_at)
+    before = snapshot()
+    time.sleep(2.5)
+    assert snapshot() == before
+
+
 def on_host(host: str):
     return {"worker__startswith": f"{host}:"}
 
@@ -229,7 +250,7 @@ def test_a_frozen_host_s_jobs_are_taken_over_within_the_lease_and_its_wake_up_ch
 
     # Woken while host-b still runs them: each stale worker finishes its sleep and tries to
     # complete its attempt; the claim fence refuses it (the row is active, claim 2 not 1).
-    a.thaw()
+    woke_at = a.thaw()
     outcomes = wait_for(lambda: (lambda seen: seen if set(seen) >= set(ids) else None)(stale_completions(a)), 30,
                         0.2, "host-a's stale workers to finish their attempts")
     assert {i: outcomes[i] for i in ids} == {i: "refused" for i in ids}
@@ -240,10 +261,9 @@ def test_a_frozen_host_s_jobs_are_taken_over_within_the_lease_and_its_wake_up_ch
         assert (row["attempts"], row["claims"], row["result"]) == (2, 2, f"frozen-{ids.index(job_id)}")
         assert row["worker"].startswith("host-b:") and len(row["errors"]) == 1
         assert (row["finished_at"] - row["started_at"]).total_seconds() >= SLEEP, row
-    # Host-a is awake and idle again (it has stopped renewing, its dispatcher has run):
-    # nothing changes any more, and each job completed once, on host-b.
-    wait_for(lambda: a.log_count(r"lost its lease") >= JOBS, 10, 0.2, "host-a's lease keepers to give up")
-    time.sleep(2)
+    # Host-a is awake, its attempts are over, its dispatcher runs again: nothing changes any
+    # more, and each job completed once, on host-b.
+    assert_nothing_moves(a, woke_at, lambda: ledger(ids))
     assert ledger(ids) == done
     for job_id in ids:
         assert b.log_count(rf"job completed job_id={job_id} ") == 1
@@ -316,7 +336,7 @@ def test_a_frozen_host_holding_a_wechat_submit_is_taken_over_and_the_article_is_
 
     # The frozen host wakes, reads its late answer and records the publish_id; its attempt's
     # outcome (a snooze) is refused by the claim fence.
-    frozen.thaw()
+    woke_at = frozen.thaw()
     wait_for(lambda: frozen.log_count(rf"news {news.pk} draft \S+ submitted as publish") == 1, 20, 0.1,
              f"{frozen_name}'s stale worker to get its answer")
     article = wait_for(lambda: WechatArticle.objects.filter(news=news, state=ArticleState.PUBLISHED).first(),
@@ -331,10 +351,8 @@ def test_a_frozen_host_holding_a_wechat_submit_is_taken_over_and_the_article_is_
     # may run the job's last, idle, step itself.
     assert job.errors[0]["worker"] == holder.worker and "lease expired" in job.errors[0]["error"]
     assert Job.objects.filter(job_type=WECHAT_PUBLISHING).count() == 1
-    # Nothing moves after the wake-up any more.
-    before = (list(WechatArticle.objects.filter(news=news).values()), ledger([job.pk]))
-    time.sleep(3)
-    assert (list(WechatArticle.objects.filter(news=news).values()), ledger([job.pk])) == before
+    assert_nothing_moves(frozen, woke_at, lambda: (list(WechatArticle.objects.filter(news=news).values()),
+                                                   ledger([job.pk]), submits(wechat)))
     assert submits(wechat) == 1
 
 
@@ -451,7 +469,7 @@ def test_a_frozen_host_holding_an_analytics_batch_is_taken_over_and_every_event_
 
     # Awake, the frozen batch commits the chunk it holds, then the other one finds it
     # counted under the lock: both had the same 500 entries, they are counted once.
-    frozen.thaw()
+    woke_at = frozen.thaw()
     job = wait_for(lambda: Job.objects.filter(pk=job_id, state=JobState.COMPLETED).first(), 60, 0.1,
                    "the analytics job to complete")
     outcomes = wait_for(lambda: stale_completions(frozen), 30, 0.2, f"{frozen_name}'s stale batch to finish")
@@ -461,8 +479,5 @@ def test_a_frozen_host_holding_an_analytics_batch_is_taken_over_and_every_event_
     # The job's run took the 500 over and found them counted by the woken batch.
     assert f"{CHUNK} taken over" in job.result and f"{CHUNK} already counted" in job.result, job.result
     assert sum(_pending_by_host().values()) == 0 and get_redis().xlen(STREAM_KEY) == 0
-    # Nothing moves after the wake-up any more.
-    before = (counters(), ledger([job_id]))
-    time.sleep(3)
-    assert (counters(), ledger([job_id])) == before
+    assert_nothing_moves(frozen, woke_at, lambda: (counters(), ledger([job_id])))
     assert_counted_once(events)
