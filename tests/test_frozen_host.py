@@ -258,11 +258,17 @@ def test_a_frozen_host_s_jobs_are_taken_over_within_the_lease_and_its_wake_up_ch
     # Woken while host-b still runs them: each stale worker finishes its sleep and tries to
     # complete its attempt; the claim fence refuses it (the row is active, claim 2 not 1).
     woke_at = a.thaw()
-    outcomes = wait_for(lambda: (lambda seen: seen if set(seen) >= set(ids) else None)(stale_completions(a)), 30,
-                        0.2, "host-a's stale workers to finish their attempts")
+    def every_stale_attempt_ended():
+        seen = stale_completions(a)
+        return seen if set(seen) >= set(ids) else None
+
+    def all_completed():
+        rows = ledger(ids)
+        return rows if all(r["state"] == JobState.COMPLETED for r in rows.values()) else None
+
+    outcomes = wait_for(every_stale_attempt_ended, 30, 0.2, "host-a's stale workers to finish their attempts")
     assert {i: outcomes[i] for i in ids} == {i: "refused" for i in ids}
-    done = wait_for(lambda: (lambda rows: rows if all(r["state"] == JobState.COMPLETED for r in rows.values())
-                             else None)(ledger(ids)), SLEEP + 20, 0.1, "host-b to complete every job")
+    done = wait_for(all_completed, SLEEP + 20, 0.1, "host-b to complete every job")
     for job_id, row in done.items():
         # What host-b wrote: its whole run, its result, attempt 2.
         assert (row["attempts"], row["claims"], row["result"]) == (2, 2, f"frozen-{ids.index(job_id)}")
