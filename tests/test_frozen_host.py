@@ -389,7 +389,8 @@ def waiting_for_apply_lock() -> int:
     the test holds the lock, each is waiting for it."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = %s AND COMMAND = 'Query' "
-                       "AND INFO LIKE %s", [connection.settings_dict["NAME"], f"UPDATE `{ApplyLock._meta.db_table}`%"])
+                       "AND INFO LIKE %s", [connection.settings_dict["NAME"],
+                                            f"SELECT id FROM `{ApplyLock._meta.db_table}` WHERE name = % FOR UPDATE%"])
         return cursor.fetchone()[0]
 
 
@@ -475,22 +476,27 @@ def test_a_frozen_host_holding_an_analytics_batch_is_taken_over_and_every_event_
     took = round(claimed.started_at.timestamp() - frozen_at, 2)
     print(f"analytics batch: taken over by {healthy_name} {took} s after the freeze (bound {takeover_bound()} s)")
     assert claimed.worker.startswith(f"{healthy_name}:") and took <= takeover_bound()
-    # The new run takes the frozen batch's entries over, then waits for the lock it holds.
+    # The new run takes the frozen batch's entries over, finds the lock held and waits for it
+    # without spending a retry (snoozed, saying why), however long the freeze lasts.
     wait_for(lambda: _pending_by_host() == {healthy_name: CHUNK}, 20, 0.05,
              f"{healthy_name}'s batch to take over the frozen batch's entries")
-    assert RawEvent.objects.count() == 0
+    snoozed = wait_for(lambda: Job.objects.filter(pk=job_id, state=JobState.SCHEDULED,
+                                                  waiting_reason__contains="apply lock").first(), 20, 0.05,
+                       f"{healthy_name}'s run to wait for the apply lock the frozen batch holds")
+    assert snoozed.attempts == 1 and RawEvent.objects.count() == 0  # the lease expiry's attempt only
 
-    # Awake, the frozen batch commits the chunk it holds, then the other one finds it
-    # counted under the lock: both had the same 500 entries, they are counted once.
+    # Awake, the frozen batch commits the chunk it holds and goes on; the snoozed run comes
+    # back and finds nothing left to count: both had the same 500 entries, counted once.
     woke_at = frozen.thaw()
     job = wait_for(lambda: Job.objects.filter(pk=job_id, state=JobState.COMPLETED).first(), 60, 0.1,
                    "the analytics job to complete")
     outcomes = wait_for(lambda: stale_completions(frozen), 30, 0.2, f"{frozen_name}'s stale batch to finish")
     assert outcomes == {job_id: "refused"}
     assert_counted_once(events)
-    assert job.worker.startswith(f"{healthy_name}:") and job.errors[0]["worker"] == holder.worker
-    # The job's run took the 500 over and found them counted by the woken batch.
-    assert f"{CHUNK} taken over" in job.result and f"{CHUNK} already counted" in job.result, job.result
+    # Its last run may be either host's: the woken one is an ordinary host again.
+    assert job.errors[0]["worker"] == holder.worker and job.claims >= 2
+    # What its run found left: at most the woken batch's unfinished work, counted once (above).
+    assert "events in" in job.result, job.result
     assert sum(_pending_by_host().values()) == 0 and get_redis().xlen(STREAM_KEY) == 0
     assert_nothing_moves(frozen, woke_at, lambda: (counters(), ledger([job_id])))
     assert_counted_once(events)
