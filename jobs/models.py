@@ -4,6 +4,7 @@ carries wake-ups ("run job 42") to the queue's django-q2 cluster."""
 from __future__ import annotations
 
 from django.db import models
+from django.utils.translation import gettext_lazy as _
 
 
 class JobState(models.TextChoices):
@@ -14,13 +15,17 @@ class JobState(models.TextChoices):
     DEAD = "dead", "Dead"  # out of retries or permanently failed
     COMPLETED = "completed", "Completed"
     CANCELLED = "cancelled", "Cancelled"
+    EXPIRED = "expired", _("Expired")  # not started by its deadline (expires_at); never ran
 
 
 LIVE_STATES = (JobState.SCHEDULED, JobState.PENDING, JobState.ACTIVE, JobState.RETRY)
-FINISHED_STATES = (JobState.DEAD, JobState.COMPLETED, JobState.CANCELLED)
+FINISHED_STATES = (JobState.DEAD, JobState.COMPLETED, JobState.CANCELLED, JobState.EXPIRED)
 # What people may do to a job (admin actions, `manage.py jobs`): one home for both.
-CANCELLABLE_STATES = (JobState.SCHEDULED, JobState.PENDING, JobState.RETRY)
+# Cancel reaches running jobs too: an active one is asked to stop (jobs/services/cancelling.py).
+CANCELLABLE_STATES = (JobState.SCHEDULED, JobState.PENDING, JobState.RETRY, JobState.ACTIVE)
 RETRYABLE_STATES = (JobState.DEAD, JobState.RETRY)
+# "Run now": a job waiting for its run_at (scheduled, or retry waiting for its backoff).
+RUN_NOW_STATES = (JobState.SCHEDULED, JobState.RETRY)
 
 
 class Job(models.Model):
@@ -52,9 +57,24 @@ class Job(models.Model):
     waiting_reason = models.TextField(blank=True, help_text="Why a healthy job is waiting (snoozed), not an error")
     errors = models.JSONField(default=list, blank=True, help_text="One entry per failed attempt")
     result = models.TextField(blank=True)
+    # Job controls (jobs/services/cancelling.py, jobs/services/people.py). Nullable or
+    # defaulted columns: MariaDB adds them instantly, without rebuilding the ledger.
+    priority = models.SmallIntegerField(default=0, verbose_name=_("priority"),
+                                        help_text=_("-100 to 100, higher first within a queue"))
+    expires_at = models.DateTimeField(null=True, blank=True, verbose_name=_("expires at"),
+                                      help_text=_("Not started by then: expired, never run"))
+    cancel_requested_at = models.DateTimeField(null=True, blank=True, verbose_name=_("cancel requested at"))
+    cancelled_at = models.DateTimeField(null=True, blank=True, verbose_name=_("cancelled at"))
+    cancelled_by = models.CharField(max_length=150, blank=True, default="", verbose_name=_("cancelled by"))
+    run_now_at = models.DateTimeField(null=True, blank=True, verbose_name=_("run now requested at"))
+    run_now_by = models.CharField(max_length=150, blank=True, default="", verbose_name=_("run now requested by"))
 
     class Meta:
         ordering = ["-id"]
+        permissions = [
+            ("cancel_job", _("Can cancel jobs, running ones included")),
+            ("run_job_now", _("Can run jobs and periodic tasks now")),
+        ]
         indexes = [
             # Dispatcher: due scheduled/retry jobs, oldest first.
             models.Index(fields=["state", "run_at"], name="job_state_run_at_idx"),
