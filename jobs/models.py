@@ -88,10 +88,20 @@ class Job(models.Model):
             # walk that stops after a page instead of sorting every matching row.
             models.Index(fields=["state", "id"], name="job_state_id_idx"),
             models.Index(fields=["queue", "id"], name="job_queue_id_idx"),
+            # The dispatcher's deadline sweep: waiting jobs past expires_at.
+            models.Index(fields=["state", "expires_at"], name="job_state_expires_idx"),
         ]
 
     def __str__(self):
         return f"job {self.pk} {self.job_type} [{self.state}]"
+
+    def cancel_requested(self) -> bool:
+        """For a handler that runs long: has someone asked this attempt to stop? Return
+        soon if so (the engine records the job cancelled). No query: the worker's lease
+        keeper polls the ledger every JOBS_CANCEL_POLL_SECONDS (jobs/worker.py)."""
+        from jobs import cancelflags
+
+        return cancelflags.seen(self.pk, self.claims)
 
 
 class QueuePause(models.Model):

@@ -80,19 +80,24 @@ class JobType:
 @dataclass(frozen=True)
 class RetryPolicy:
     """The wait after failed attempt n (1-based): min(base * factor**(n-1), cap), then
-    +/- jitter (a fraction, 0.1 = up to 10 % either way). `delay(job, error)`, if given, is
-    asked first: it returns seconds (a vendor's Retry-After) or None for the curve."""
+    +/- jitter (a fraction, 0.1 = up to 10 % either way); base and cap default to
+    JOBS_BACKOFF_BASE and JOBS_BACKOFF_CAP (1 and 16 s: 1, 2, 4, 8, 16). `delay(job, error)`,
+    if given, is asked first: it returns seconds (a vendor's Retry-After) or None for the curve."""
 
-    base: float = 1.0
+    base: float | None = None
     factor: float = 2.0
-    cap: float = 16.0
+    cap: float | None = None
     jitter: float = 0.0
     delay: Callable[[Any, BaseException], float | None] | None = None
 
     def curve(self, attempt: int) -> float:
         import random
 
-        seconds = min(self.base * (self.factor ** max(attempt - 1, 0)), self.cap)
+        from django.conf import settings
+
+        base = settings.JOBS_BACKOFF_BASE if self.base is None else self.base
+        cap = settings.JOBS_BACKOFF_CAP if self.cap is None else self.cap
+        seconds = min(base * (self.factor ** max(attempt - 1, 0)), cap)
         if self.jitter:
             seconds *= 1 + random.uniform(-self.jitter, self.jitter)
         return max(seconds, 0.0)
@@ -115,6 +120,8 @@ def _check_controls(where: str, *, cancel_grace, expires_in, priority, retry) ->
         raise RegistryError(f"{where}: retry must be a jobs.registry.RetryPolicy, got {retry!r}")
     for field, low in (("base", 0), ("factor", 1), ("cap", 0)):
         value = getattr(retry, field)
+        if value is None and field != "factor":
+            continue
         if not (number(value) and low <= value <= MAX_RETRY_SECONDS):
             raise RegistryError(f"{where}: retry {field} must be a number from {low} to {MAX_RETRY_SECONDS}, got {value!r}")
     if not (number(retry.jitter) and 0 <= retry.jitter <= 1):
