@@ -294,3 +294,39 @@ def test_the_cli_runs_jobs_and_periodic_tasks_now(capsys):
     assert Schedule.objects.get(pk=schedule.pk).next_run == schedule.next_run
     assert run_jobs_command("run-now", "--schedule", "999999") == 1
     assert run_jobs_command("run-now") == 2
+
+
+# ---------------------------------------------------------------- expired jobs are seen
+
+
+def expired_job(queue="news", job_type="news:expiration"):
+    return make_job(state=JobState.EXPIRED, queue=queue, job_type=job_type, attempts=0, started_at=None,
+                    finished_at=timezone.now() - timedelta(seconds=120))  # it never ran
+
+
+def test_expired_jobs_show_in_the_counts_the_dashboard_the_cli_and_metrics(client, settings, capsys):
+    from django.contrib.auth.models import Permission, User
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from jobs import monitoring
+
+    settings.METRICS_CACHE_SECONDS, settings.METRICS_TOKEN, settings.METRICS_PUBLIC = 0, "", True
+    expired_job()
+    expired_job()
+    make_job(state=JobState.COMPLETED, queue="news", job_type="news:expiration", ago=120)
+
+    counts = monitoring.finished_counts(timezone.now())["news"]
+    assert counts["expired_1h"] == 2 and counts["completed_1h"] == 1
+
+    fams = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").content.decode())}
+    samples = {(s.labels["queue"], s.labels["job_type"]): s.value for s in fams["nextevent_jobs_expired_last_hour"].samples}
+    assert samples[("news", "news:expiration")] == 2
+
+    user = User.objects.create_user("dash", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(content_type__app_label="jobs", codename="view_job"))
+    client.force_login(user)
+    page = client.get("/admin/jobs/dashboard/").content.decode()
+    assert 'data-col="expired_today">2<' in page
+
+    assert run_jobs_command("stats", "--json") in (0, 3)  # 3: no cluster alive is not an error here
+    assert json.loads(capsys.readouterr().out)["queues"]["news"]["expired_today"] == 2

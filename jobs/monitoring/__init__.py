@@ -67,15 +67,17 @@ def oldest_pending(now: datetime) -> dict[str, float]:
 
 
 def finished_counts(now: datetime) -> dict[str, dict[str, int]]:
-    """Per queue: completed and failed (dead) jobs finished in the last hour and today
+    """Per queue: completed, failed (dead) and expired jobs finished in the last hour and today
     (since local midnight), from the per-minute roll-up plus the few minutes since it
     (jobs/monitoring/rollup.py), so the cost does not grow with the ledger."""
     hour_ago = now - timedelta(hours=1)
     day_start = local_day_start(now)
-    out = {queue: {"completed_1h": 0, "failed_1h": 0, "completed_today": 0, "failed_today": 0} for queue in QUEUES}
+    out = {queue: {"completed_1h": 0, "failed_1h": 0, "completed_today": 0, "failed_today": 0, "expired_1h": 0,
+                   "expired_today": 0} for queue in QUEUES}
+    kinds = {JobState.DEAD: "failed", JobState.EXPIRED: "expired"}
     for suffix, since in (("1h", hour_ago), ("today", day_start)):
         for (queue, _job_type, state), total in rollup.totals(since, now).items():
-            key = f"{'failed' if state == JobState.DEAD else 'completed'}_{suffix}"
+            key = f"{kinds.get(state, 'completed')}_{suffix}"
             if queue in out:
                 out[queue][key] += total.count
     return out

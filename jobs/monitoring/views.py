@@ -185,7 +185,7 @@ def dashboard(request):
         "queues": _queue_rows(overview),
         "totals": {k: sum(r[k] or 0 for r in overview.values())
                    for k in ("scheduled", "pending", "active", "retry", "dead", "completed_1h", "failed_1h",
-                             "completed_today", "failed_today", "depth", "workers_alive")},
+                             "completed_today", "failed_today", "depth", "workers_alive", "expired_today")},
         "hourly_chart": monitoring_charts.stacked_bars(history["hourly"], title="Last 24 hours, per hour", width=640,
                                                        label_every=3),
         "daily_chart": monitoring_charts.stacked_bars(history["daily"], title="Last 7 days, per day", width=440),

@@ -149,11 +149,11 @@ class Command(BaseCommand):
                 "loop_restarts": redis.get("loops", {})}
         rows = [[q, "paused" if r["paused"] else "", r["scheduled"], r["pending"], r["active"], r["retry"], r["dead"],
                  "?" if r["depth"] is None else r["depth"], _age(r["oldest_pending_age_s"]), r["completed_1h"],
-                 r["failed_1h"], r["completed_today"], r["failed_today"], r["workers_alive"]]
+                 r["failed_1h"], r["completed_today"], r["failed_today"], r["expired_today"], r["workers_alive"]]
                 for q, r in overview.items()]
         text = [render_table(["QUEUE", "", "SCHED", "PEND", "ACTIVE", "RETRY", "DEAD", "DEPTH", "OLDEST PENDING",
-                              "DONE 1H", "FAILED 1H", "DONE TODAY", "FAILED TODAY", "WORKERS"], rows,
-                             right=set(range(2, 14))), ""]
+                              "DONE 1H", "FAILED 1H", "DONE TODAY", "FAILED TODAY", "EXPIRED TODAY", "WORKERS"],
+                             rows, right=set(range(2, 15))), ""]
         stuck = [f"{q} stalled (wake-ups waiting, no claim for "
                  f"{_age(r['last_claim_age_s']) if r['last_claim_age_s'] else 'ever'})"
                  for q, r in overview.items() if r.get("stalled")]
