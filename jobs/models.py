@@ -90,6 +90,9 @@ class Job(models.Model):
             models.Index(fields=["queue", "id"], name="job_queue_id_idx"),
             # The dispatcher's deadline sweep: waiting jobs past expires_at.
             models.Index(fields=["state", "expires_at"], name="job_state_expires_idx"),
+            # The claim's priority probe (jobs/services/running.py: _PRIORITY_TARGET): the best
+            # pending job of a queue, read from the index's first row.
+            models.Index(fields=["queue", "state", "-priority", "run_at", "id"], name="job_priority_idx"),
         ]
 
     def __str__(self):

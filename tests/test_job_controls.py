@@ -330,3 +330,37 @@ def test_expired_jobs_show_in_the_counts_the_dashboard_the_cli_and_metrics(clien
 
     assert run_jobs_command("stats", "--json") in (0, 3)  # 3: no cluster alive is not an error here
     assert json.loads(capsys.readouterr().out)["queues"]["news"]["expired_today"] == 2
+
+
+# ---------------------------------------------------------------- priority within a queue
+
+
+def test_a_wake_up_claims_the_best_pending_job_of_its_own_queue_only():
+    low = scheduler.enqueue_many(SYSTEM_NOOP, [{}] * 3)
+    other_queue = scheduler.enqueue(SYSTEM_PERIODIC, {"schedule_id": 1, "name": "x", "func": "f",
+                                                      "slot": timezone.now().isoformat()}, priority=100)
+    high, higher = scheduler.enqueue(SYSTEM_NOOP, {}, priority=10), scheduler.enqueue(SYSTEM_NOOP, {}, priority=50)
+    order = [services.job_claim(low[0], worker=f"w:{n}").pk for n in range(5)]
+    assert order == [higher, high, low[0], low[1], low[2]]  # priority, then run_at and id
+    assert state_of(other_queue) == JobState.PENDING  # the critical queue's job stays for its own workers
+    assert services.job_claim(low[0], worker="w:9") is None  # nothing pending left in default
+
+
+@pytest.mark.cluster
+def test_a_high_priority_job_enqueued_behind_10000_due_ones_starts_next(start_cluster):
+    cluster = start_cluster(queues=["default"])
+    low = scheduler.enqueue_many(SYSTEM_NOOP, [{}] * 10_000)  # due now, wake-ups pushed in FIFO order
+    wait_for(lambda: Job.objects.filter(pk__in=low[:50], state=JobState.COMPLETED).exists(), 20, 0.05,
+             "the low-priority backlog to start draining")
+    enqueued = timezone.now()
+    high = scheduler.enqueue(SYSTEM_NOOP, {"marker": "urgent"}, priority=100)
+    job = wait_state(high, JobState.COMPLETED, timeout=20)
+    started_before = Job.objects.filter(pk__in=low, started_at__lt=job.started_at).count()
+    after_enqueue = Job.objects.filter(pk__in=low, started_at__gte=enqueued, started_at__lt=job.started_at).count()
+    waited = (job.started_at - enqueued).total_seconds()
+    print(f"priority: started {waited * 1000:.0f} ms after enqueue; {after_enqueue} low-priority job(s) started "
+          f"in between ({started_before} before it in all), {10_000 - started_before} still behind it")
+    assert waited < slack(1.0)
+    assert after_enqueue <= 10  # those already claimed by the 2 workers as it arrived, not the backlog
+    services.jobs_cancel(low, by="test")  # the rest need not run
+    cluster.stop()

@@ -96,7 +96,15 @@ def job_claim(job_id: int, *, worker: str, completing: list[Completion] = ()) ->
     """pending -> active for one worker. None if another worker has it or it is no longer
     pending (a duplicate or stale wake-up). `completing`: this worker's finished jobs whose
     completion was deferred (jobs/services/completing.py), written in the claim's own
-    transaction, so a busy worker commits once per job instead of twice."""
+    transaction, so a busy worker commits once per job instead of twice.
+
+    Priority (on MariaDB): a wake-up is a token for its job's queue. It claims its own job,
+    unless a pending job of the same queue has a higher priority (then the best of those:
+    priority first, then run_at, then id), or its own job is no longer pending (then the best
+    pending job of the queue, so that a wake-up another claim overtook is not wasted). The
+    job the claim returns may therefore not be `job_id`; the count of claims still matches the
+    count of wake-ups, and a pending job left without one is re-pushed (dispatcher.repush_lost).
+    See _PRIORITY_TARGET."""
     now = timezone.now()
     lease = now + timedelta(seconds=settings.JOBS_LEASE_SECONDS)
     claim_sql = ("UPDATE {table} SET state=%s, attempts=attempts+1, claims=claims+1, started_at=%s, "
@@ -109,6 +117,10 @@ def job_claim(job_id: int, *, worker: str, completing: list[Completion] = ()) ->
             write_completion(done)
         completing = []
     if connection.vendor == "mysql":
+        table = Job._meta.db_table
+        claim_sql = claim_sql.replace("WHERE id=%s AND state=%s", f"WHERE id={_PRIORITY_TARGET} AND state=%s").replace(
+            "{target}", table)
+        claim_params = claim_params[:4] + [job_id, JobState.PENDING.value, job_id] + claim_params[5:]
         try:
             return _claim_and_read(claim_sql, claim_params, job_id, worker, now, completing)
         except Exception as exc:
@@ -123,10 +135,38 @@ def job_claim(job_id: int, *, worker: str, completing: list[Completion] = ()) ->
             logger.warning("job %s: claim lost its database connection (%s); trying once more on a new one",
                            job_id, exc)
             connection.close()
+            # With priorities the packet may pick another job the second time: if the first
+            # one committed, its row is the claim (fenced by this worker and started_at).
+            claimed = _read_claimed(worker, now)
+            if claimed is not None:
+                return claimed
             return _claim_and_read(claim_sql, claim_params, job_id, worker, now, completing)
     if not _execute(claim_sql, claim_params):
         return None
     return fetch_job(job_id)
+
+
+# The job a wake-up for job %s claims (see job_claim): the best pending job of its queue
+# that outranks it (any pending one if it is no longer pending), else itself. One probe of
+# job_priority_idx (queue, state, priority DESC, run_at, id) that stops at the first row: with
+# every job at priority 0 and its own job pending, `priority > 0` finds nothing at once. The
+# inner LIMIT makes MariaDB materialize the derived table, which is what lets an UPDATE read
+# the table it writes (error 1093 otherwise). Two workers may pick the same job: one UPDATE
+# wins, the other matches nothing and its wake-up is spent; repush_lost covers that job.
+_PRIORITY_TARGET = (
+    "COALESCE((SELECT best.id FROM (SELECT c.id FROM {target} c JOIN {target} w ON w.id=%s "
+    "WHERE c.queue=w.queue AND c.state=%s "
+    "AND c.priority > IF(w.state='pending', w.priority, -32768) "
+    "ORDER BY c.priority DESC, c.run_at, c.id LIMIT 1) best), %s)")
+
+
+def _read_claimed(worker: str, now: datetime) -> Job | None:
+    table = Job._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {_columns()} FROM {table} WHERE state=%s AND worker=%s AND started_at=%s",
+                       [JobState.ACTIVE.value, worker, _dt(now)])
+        row = cursor.fetchone()
+    return None if row is None else _job_from_row(row)
 
 
 # MYSQL_OPTION_MULTI_STATEMENTS_ON for mysql_set_server_option(): this connection (only) may
@@ -149,15 +189,16 @@ def _claim_and_read(claim_sql: str, claim_params: list, job_id: int, worker: str
         raw.set_server_option(_MULTI_STATEMENTS_ON)  # once per connection
         raw._jobs_multi_statements = True
     table = Job._meta.db_table
+    # Fenced by what this claim wrote, not by id: the claim may take another job than job_id.
     read_sql = (f"SELECT {_columns()} FROM {table} "
-                "WHERE id=%s AND state=%s AND worker=%s AND started_at=%s")
+                "WHERE state=%s AND worker=%s AND started_at=%s")
     statements, params = [], []
     for done in completing:
         sql, values = _completion_statement(done)
         statements.append(sql)
         params += values
     statements += [claim_sql.format(table=table), read_sql]
-    params += claim_params + [job_id, JobState.ACTIVE.value, worker, _dt(now)]
+    params += claim_params + [JobState.ACTIVE.value, worker, _dt(now)]
     if completing:
         statements = ["BEGIN"] + statements + ["COMMIT"]
     with connection.cursor() as cursor:
