@@ -26,6 +26,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import autodiscover_modules
 
 from jobs.errors import PayloadError, UnknownJobType
+from jobs.limits import LimitError, Limits
 from jobs.payloads import Payload
 from jobs.queues import QUEUES
 
@@ -65,6 +66,7 @@ class JobType:
     expires_in: float | None = None
     priority: int = 0
     retry: RetryPolicy | None = None  # None: the engine's JOBS_BACKOFF_* curve
+    limits: Limits | None = None  # rate and concurrency, held in Redis (jobs/limits.py)
 
     def subject_of(self, data: dict[str, Any]) -> str:
         if self.subject_from is not None:
@@ -170,7 +172,8 @@ def _check_policy(name: str, *, queue: str, timeout: int, max_retries: int, payl
 def register(name: str, *, queue: str, timeout: int, max_retries: int = 3, payload: type[Payload],
              handler: Callable[[Any, Any], Any], subject: str = "", description: str = "",
              subject_from: Callable[[dict[str, Any]], str] | None = None, cancel_grace: float | None = None,
-             expires_in: float | None = None, priority: int = 0, retry: RetryPolicy | None = None) -> JobType:
+             expires_in: float | None = None, priority: int = 0, retry: RetryPolicy | None = None,
+             limits: Limits | None = None) -> JobType:
     """Declare a job type. Every policy is a keyword: nothing depends on position.
     `subject_from(payload_json)`, if given, computes the subject instead of the template."""
     _check_policy(name, queue=queue, timeout=timeout, max_retries=max_retries, payload=payload)
@@ -181,7 +184,7 @@ def register(name: str, *, queue: str, timeout: int, max_retries: int = 3, paylo
     jt = JobType(name=name, queue=queue, timeout=timeout, max_retries=max_retries, payload=payload,
                  handler=handler, subject=subject, description=description or (handler.__doc__ or "").strip(),
                  subject_from=subject_from, cancel_grace=cancel_grace, expires_in=expires_in, priority=priority,
-                 retry=retry)
+                 retry=retry, limits=limits)
     existing = _types.get(name)
     if existing is not None and existing.handler is not handler:
         raise RegistryError(f"job type {name!r} is declared twice: by {_where(existing.handler)} "
@@ -195,20 +198,31 @@ def job_type(name: str, *, queue: str | None = None, timeout: int, max_retries: 
              unique_key: str = "", cancel_grace: float | None = None, expires_in: float | None = None,
              priority: int = 0, retry_base: float | None = None, retry_factor: float | None = None,
              retry_cap: float | None = None, retry_jitter: float | None = None,
-             retry_delay: Callable[[Any, BaseException], float | None] | None = None):
+             retry_delay: Callable[[Any, BaseException], float | None] | None = None,
+             rate: tuple[int, float | str] | None = None, rate_key: str = "", concurrency: int | None = None,
+             concurrency_key: str = ""):
     """Decorator form of register(): the function is the handler, `handler(payload, job)`.
 
     Controls (each optional): `cancel_grace` seconds a running job has to stop by itself
     after a cancel (default JOBS_CANCEL_GRACE); `expires_in` a default deadline in seconds
     after run_at; `priority` the default (-100 to 100); `retry_base`, `retry_factor`,
     `retry_cap`, `retry_jitter` the retry curve (default JOBS_BACKOFF_BASE, x2, JOBS_BACKOFF_CAP,
-    no jitter) and `retry_delay(job, error)` returning seconds or None (use the curve).
+    no jitter) and `retry_delay(job, error)` returning seconds or None (use the curve);
+    `rate=(count, per)` at most count starts per `per` seconds ('second', 'minute', 'hour',
+    'day' or a number) and `concurrency` at most N running, each per `rate_key` /
+    `concurrency_key` (templates over the payload: "{account_id}"), held across hosts in
+    Redis (jobs/limits.py).
 
     Over a Tasks API `@task` it declares the task as a job type of its own with our policy
     (see register_task): `@job_type("reports:build", timeout=120, unique_key="{report_id}")`
     above `@task(queue_name="default")`. The task is returned unchanged."""
     retry = _retry_policy(retry_base, retry_factor, retry_cap, retry_jitter, retry_delay)
-    controls = dict(cancel_grace=cancel_grace, expires_in=expires_in, priority=priority, retry=retry)
+    try:
+        limits = Limits.declare(f"job type {name!r}", rate=rate, rate_key=rate_key, concurrency=concurrency,
+                                concurrency_key=concurrency_key)
+    except LimitError as exc:
+        raise RegistryError(str(exc)) from None
+    controls = dict(cancel_grace=cancel_grace, expires_in=expires_in, priority=priority, retry=retry, limits=limits)
 
     def declare(target):
         from jobs.tasks_compat import Task
@@ -233,7 +247,7 @@ def job_type(name: str, *, queue: str | None = None, timeout: int, max_retries: 
 def register_task(name: str, task, *, queue: str | None = None, timeout: int, max_retries: int = 3,
                   payload=None, unique_key: str = "", subject: str = "", description: str = "",
                   cancel_grace: float | None = None, expires_in: float | None = None, priority: int = 0,
-                  retry: RetryPolicy | None = None) -> JobType:
+                  retry: RetryPolicy | None = None, limits: Limits | None = None) -> JobType:
     """Declare a Tasks API @task as a job type with our policy. Its arguments are the payload
     (JSON, checked at enqueue), its queue is the task's queue_name, and `unique_key` /
     `subject` are templates over its arguments by name ("{report_id}"). The unique key is
@@ -275,7 +289,7 @@ def register_task(name: str, task, *, queue: str | None = None, timeout: int, ma
                  payload=TaskRunPayload, handler=run_task_job, subject=template,
                  description=description or (task.func.__doc__ or "").strip().split("\n")[0],
                  task_path=task.module_path, unique_key=unique_key, subject_from=subject_from,
-                 cancel_grace=cancel_grace, expires_in=expires_in, priority=priority, retry=retry)
+                 cancel_grace=cancel_grace, expires_in=expires_in, priority=priority, retry=retry, limits=limits)
     _types[name] = jt
     _task_types[task.module_path] = name
     return jt

@@ -26,6 +26,9 @@ SYSTEM_NOOP = "system:noop"
 # The no-op with a retry curve of its own (0.5 s x3, capped at 5 s), for demos and tests of
 # per-type retry policies.
 SYSTEM_NOOP_CURVE = "system:noop_curve"
+# The no-op behind limits: at most 5 starts per 10 s and 2 running, per marker (a stand-in
+# for a vendor account), for demos and tests of jobs/limits.py.
+SYSTEM_NOOP_LIMITED = "system:noop_limited"
 
 
 @dataclass
@@ -119,6 +122,13 @@ def handle_system_periodic(payload: PeriodicPayload, job) -> str:
 @job_type(SYSTEM_NOOP_CURVE, queue="default", timeout=60, max_retries=3, payload=NoopPayload,
           retry_base=0.5, retry_factor=3, retry_cap=5, description="demo job with its own retry curve")
 def handle_system_noop_curve(payload: NoopPayload, job) -> str:
+    return handle_system_noop(payload, job)
+
+
+@job_type(SYSTEM_NOOP_LIMITED, queue="default", timeout=60, max_retries=3, payload=NoopPayload,
+          rate=(5, 10), rate_key="{marker}", concurrency=2, concurrency_key="{marker}",
+          description="demo job behind a rate and a concurrency limit per marker")
+def handle_system_noop_limited(payload: NoopPayload, job) -> str:
     return handle_system_noop(payload, job)
 
 

@@ -19,7 +19,7 @@ from django.db import close_old_connections, connection
 from django.utils import timezone
 from django_q.exceptions import TimeoutException
 
-from jobs import cancelflags, services
+from jobs import cancelflags, limits, services
 from jobs.services.completing import deferred
 from jobs.services.running import Completion
 from jobs.errors import PermanentError, Snooze, UnknownJobType
@@ -46,12 +46,14 @@ class LeaseKeeper:
     def __init__(self):
         self._lock = threading.Lock()
         self._current: tuple[int, int, float] | None = None  # job id, claim, cancel grace
+        self._held = None  # the attempt's concurrency slot (jobs/limits.py), renewed with the lease
         self._cancel_seen_at: float | None = None  # monotonic
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def hold(self, job_id: int, claim: int, grace: float | None = None) -> None:
+    def hold(self, job_id: int, claim: int, grace: float | None = None, held=None) -> None:
         with self._lock:
+            self._held = held
             self._current = (job_id, claim, settings.JOBS_CANCEL_GRACE if grace is None else grace)
             self._cancel_seen_at = None
             if self._thread is None or not self._thread.is_alive():
@@ -63,6 +65,7 @@ class LeaseKeeper:
             if self._current is not None:
                 cancelflags.forget(*self._current[:2])
             self._current = None
+            self._held = None
             self._cancel_seen_at = None
 
     def _run(self) -> None:
@@ -78,6 +81,10 @@ class LeaseKeeper:
             if time.monotonic() >= renew_due:
                 renew_due = time.monotonic() + settings.JOBS_HEARTBEAT_SECONDS
                 self._renew(current[:2])
+                try:
+                    limits.renew(self._held)
+                except Exception:
+                    logger.exception("concurrency slot of job %s not renewed", current[0])
             try:
                 self._watch_cancel(current)
             except Exception:
@@ -123,6 +130,7 @@ class LeaseKeeper:
                          "process %s", job_id, claim, grace, os.getpid())
             # Jobs this worker finished but has not recorded yet must not be lost with it.
             deferred.flush_now()
+            limits.release(self._held)
             logging.shutdown()
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -150,10 +158,17 @@ def run_job(job_id: int) -> str:
         services.job_expire_claimed(job)
         return "expired"
     try:
-        grace = get_job_type(job.job_type).cancel_grace
+        declared = get_job_type(job.job_type)
     except UnknownJobType:
-        grace = None  # it goes dead below, with its error
-    _lease.hold(job.pk, job.claims, grace)
+        declared = None  # it goes dead below, with its error
+    held = None
+    if declared is not None and declared.limits is not None:
+        held, wait = limits.acquire(declared.name, declared.limits, job)
+        if wait is not None:
+            # Over a limit: wait without spending a retry, the reason shown on the job.
+            services.job_snooze(job, until=wait.until, reason=wait.reason)
+            return "limited"
+    _lease.hold(job.pk, job.claims, declared.cancel_grace if declared is not None else None, held)
     log_job_event("started", job, lateness_ms=int((job.started_at - job.run_at).total_seconds() * 1000))
     try:
         job_type = get_job_type(job.job_type)
@@ -183,6 +198,7 @@ def run_job(job_id: int) -> str:
         return "failed"
     finally:
         _lease.release()
+        limits.release(held)
     # Text MySQL can store: a lone surrogate would fail the write, and with it every next claim.
     result = str(result).encode("utf-8", "replace").decode("utf-8") if result is not None else ""
     if deferred.enabled:

@@ -208,6 +208,8 @@ JOBS_ALERT_DEAD_JOBS = env.int("JOBS_ALERT_DEAD_JOBS", 0, min_value=0)
 # type's cancel_grace, JOBS_CANCEL_GRACE seconds unless the type says otherwise.
 JOBS_CANCEL_POLL_SECONDS = env.float("JOBS_CANCEL_POLL_SECONDS", 0.5, min_value=0.1)
 JOBS_CANCEL_GRACE = env.float("JOBS_CANCEL_GRACE", 10, min_value=0)
+# A job over its type's concurrency limit comes back after 1-2x this many seconds (jobs/limits.py).
+JOBS_LIMIT_RECHECK_SECONDS = env.float("JOBS_LIMIT_RECHECK_SECONDS", 0.5, min_value=0.05)
 
 Q_CLUSTER = {
     # The name is also django-q2's signing salt: it must be the same in every process.

@@ -364,3 +364,77 @@ def test_a_high_priority_job_enqueued_behind_10000_due_ones_starts_next(start_cl
     assert after_enqueue <= 10  # those already claimed by the 2 workers as it arrived, not the backlog
     services.jobs_cancel(low, by="test")  # the rest need not run
     cluster.stop()
+
+
+# ---------------------------------------------------------------- rate and concurrency limits
+
+
+def windows_exceeded(starts: list[float], count: int, per: float) -> list:
+    """Starts (epoch seconds, sorted) from which the next `per` seconds hold more than `count`."""
+    starts = sorted(starts)
+    return [s for i, s in enumerate(starts) if len([t for t in starts[i:] if t < s + per - 0.02]) > count]
+
+
+def most_running(intervals: list[tuple[float, float]]) -> int:
+    # A start within 50 ms of another's recorded finish is a hand-over, not an overlap: the
+    # slot is released when the handler returns, the completion is written up to 10 ms later.
+    events = sorted([(a, 1) for a, _ in intervals] + [(b - 0.05, -1) for _, b in intervals], key=lambda e: (e[0], e[1]))
+    running = top = 0
+    for _, step in events:
+        running += step
+        top = max(top, running)
+    return top
+
+
+@pytest.mark.cluster
+def test_a_rate_of_5_per_10_s_and_a_concurrency_of_2_hold_across_two_qclusters_under_200_jobs(start_cluster):
+    from jobs.system import SYSTEM_NOOP_LIMITED
+
+    for _ in range(2):
+        start_cluster(queues=["default"])
+    keys = [f"acct{n}" for n in range(20)]
+    started = time.monotonic()
+    ids = scheduler.enqueue_many(SYSTEM_NOOP_LIMITED, [{"marker": k, "sleep": 0.3} for k in keys for _ in range(10)])
+    wait_for(lambda: Job.objects.filter(pk__in=ids, state=JobState.COMPLETED).count() == 200, 90, 0.5,
+             "all 200 limited jobs to complete")
+    took = time.monotonic() - started
+    jobs = list(Job.objects.filter(pk__in=ids))
+    assert all(j.attempts == 1 and not j.errors for j in jobs)  # waiting spent no attempt
+    worst_rate = worst_running = 0
+    for key in keys:
+        mine = [j for j in jobs if j.payload["marker"] == key]
+        starts = [j.started_at.timestamp() for j in mine]
+        assert windows_exceeded(starts, 5, 10) == [], (key, sorted(starts))
+        worst_rate = max(worst_rate, max(len([t for t in starts if s <= t < s + 10]) for s in starts))
+        worst_running = max(worst_running, most_running([(j.started_at.timestamp(), j.finished_at.timestamp())
+                                                         for j in mine]))
+    assert worst_running <= 2
+    spread = max(j.started_at for j in jobs) - min(j.started_at for j in jobs)
+    print(f"limits: 200 jobs over 20 keys done in {took:.1f} s (starts spread {spread.total_seconds():.1f} s); "
+          f"most starts in any 10 s window of one key {worst_rate} (limit 5), most running at once {worst_running} "
+          f"(limit 2)")
+    assert spread.total_seconds() >= 10  # 10 per key at 5 per 10 s: a second window was needed
+
+
+def test_a_job_over_its_limit_waits_with_its_reason_without_spending_an_attempt():
+    from jobs.system import SYSTEM_NOOP_LIMITED
+    from jobs.worker import run_job
+
+    ids = scheduler.enqueue_many(SYSTEM_NOOP_LIMITED, [{"marker": "solo"}] * 6)
+    results = [run_job(i) for i in ids]
+    assert results == ["completed"] * 5 + ["limited"]
+    waiting = Job.objects.get(pk=ids[5])
+    assert waiting.state == JobState.SCHEDULED and waiting.attempts == 0
+    assert "rate limit: 5 per 10 s for {marker}=solo" in waiting.waiting_reason
+    assert 0 < (waiting.run_at - timezone.now()).total_seconds() <= 12
+
+
+def test_a_bad_limit_declaration_stops_start_up_naming_it():
+    from jobs.payloads import Payload
+    from jobs.registry import RegistryError, job_type
+
+    for kwargs, message in (({"rate": 5}, "rate must be \\(count, per\\)"), ({"rate": (0, "minute")}, "rate count"),
+                            ({"rate": (5, "fortnight")}, "rate per must be"), ({"concurrency": 0}, "concurrency must"),
+                            ({"rate_key": "{x}"}, "rate_key / concurrency_key without")):
+        with pytest.raises(RegistryError, match="job type 'test:limits': " + message):
+            job_type("test:limits", queue="default", timeout=10, payload=Payload, **kwargs)(lambda p, j: None)
