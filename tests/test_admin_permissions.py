@@ -233,3 +233,38 @@ def test_django_q2_resubmit_works_for_those_allowed(client, page, success, perms
     run_action(client, f"/admin/django_q/{page}/", "resubmit_task", [row.pk])
 
     assert broker_length() == 1
+
+
+@pytest.mark.parametrize("action, state", [("cancel", JobState.ACTIVE), ("run-now", JobState.SCHEDULED),
+                                           ("run-schedule-now", None)])
+def test_the_dashboard_job_controls_refuse_a_view_only_user(client, action, state):
+    from django_q.models import Schedule
+
+    staff_with(client, "jobs.view_job", "jobs.change_job", "jobs.add_queuepause")
+    job = make_job(state=state) if state else None
+    schedule = Schedule.objects.create(name="dash-now", func="jobs.system.periodic_noop", schedule_type=Schedule.CRON,
+                                       cron="0 3 * * *", repeats=-1)
+    page = client.get("/admin/jobs/dashboard/")
+    assert page.status_code == 200 and b'id="job-controls"' not in page.content
+    target = job.pk if job else schedule.pk
+    assert client.post(f"/admin/jobs/dashboard/jobs/{action}/", {"ids": str(target)}).status_code == 403
+    if job:
+        after = Job.objects.get(pk=job.pk)
+        assert after.state == state and after.cancel_requested_at is None and after.run_now_at is None
+    else:
+        assert not Job.objects.exists()
+
+
+def test_the_dashboard_job_controls_act_for_those_allowed_and_refuse_bad_input(client):
+    user = staff_with(client, "jobs.view_job", "jobs.cancel_job", "jobs.run_job_now")
+    running, later = make_job(state=JobState.ACTIVE), make_job(state=JobState.SCHEDULED, ago=3600)
+    assert b'id="job-controls"' in client.get("/admin/jobs/dashboard/").content
+    assert client.post("/admin/jobs/dashboard/jobs/cancel/", {"ids": str(running.pk)}).status_code == 302
+    assert client.post("/admin/jobs/dashboard/jobs/run-now/", {"ids": f"{later.pk}"}).status_code == 302
+    assert Job.objects.get(pk=running.pk).cancelled_by == f"dashboard:{user.username}"
+    assert Job.objects.get(pk=later.pk).state == JobState.PENDING
+    response = client.post("/admin/jobs/dashboard/jobs/cancel/", {"ids": "12; DROP"}, follow=True)
+    assert response.status_code == 200 and "Give job ids" in response.content.decode()
+    response = client.post("/admin/jobs/dashboard/jobs/run-schedule-now/", {"ids": "999999"}, follow=True)
+    assert response.status_code == 200 and "does not exist" in response.content.decode()
+    assert client.post("/admin/jobs/dashboard/jobs/explode/", {"ids": "1"}).status_code == 404

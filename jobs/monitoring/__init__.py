@@ -344,4 +344,7 @@ def job_detail(job: Job) -> dict:
             "created_at": _iso(job.created_at), "dispatched_at": _iso(job.dispatched_at),
             "lease_expires_at": _iso(job.lease_expires_at), "worker": job.worker, "unique_key": job.unique_key,
             "live": job.live_key is not None, "result": job.result, "last_error": job.last_error,
-            "errors": list(job.errors or [])}
+            "errors": list(job.errors or []), "priority": job.priority, "expires_at": _iso(job.expires_at),
+            "waiting_reason": job.waiting_reason, "cancel_requested_at": _iso(job.cancel_requested_at),
+            "cancelled_at": _iso(job.cancelled_at), "cancelled_by": job.cancelled_by,
+            "run_now_at": _iso(job.run_now_at), "run_now_by": job.run_now_by}

@@ -201,6 +201,8 @@ def dashboard(request):
         "gauges": redis["gauges"],
         "can_pause": request.user.has_perm("jobs.add_queuepause"),
         "can_resume": request.user.has_perm("jobs.delete_queuepause"),
+        "can_cancel_job": request.user.has_perm("jobs.cancel_job"),
+        "can_run_job_now": request.user.has_perm("jobs.run_job_now"),
     }
     return TemplateResponse(request, "admin/jobs/dashboard.html", context)
 

@@ -213,7 +213,15 @@ class Command(BaseCommand):
                   ("created", _local(job.created_at)), ("dispatched", _local(job.dispatched_at)),
                   ("started", _local(job.started_at)), ("finished", _local(job.finished_at)),
                   ("worker", job.worker or "-"), ("subject", job.subject or "-"), ("unique key", job.unique_key or "-"),
-                  ("result", job.result or "-")]
+                  ("result", job.result or "-"), ("priority", job.priority),
+                  ("expires at", _local(job.expires_at))]
+        if job.waiting_reason:
+            fields.append(("waiting", job.waiting_reason))
+        if job.cancel_requested_at or job.cancelled_at:
+            fields.append(("cancel", f"asked {_local(job.cancel_requested_at)}, done {_local(job.cancelled_at)} "
+                                     f"by {job.cancelled_by or '?'}"))
+        if job.run_now_at:
+            fields.append(("run now", f"{_local(job.run_now_at)} by {job.run_now_by or '?'}"))
         if job.started_at:
             fields.append(("lateness", f"{(job.started_at - job.run_at).total_seconds():.3f} s (last attempt)"))
         lines += [f"  {k:<12}{v}" for k, v in fields]
