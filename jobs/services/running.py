@@ -118,9 +118,12 @@ def job_claim(job_id: int, *, worker: str, completing: list[Completion] = ()) ->
         completing = []
     if connection.vendor == "mysql":
         table = Job._meta.db_table
-        claim_sql = claim_sql.replace("WHERE id=%s AND state=%s", f"WHERE id={_PRIORITY_TARGET} AND state=%s").replace(
-            "{target}", table)
-        claim_params = claim_params[:4] + [job_id, JobState.PENDING.value, job_id] + claim_params[5:]
+        # The target first, into a session variable: an UPDATE whose WHERE holds the subquery
+        # scans the whole table (seen: 10,002 rows read for 10,000 pending), while
+        # `id=@variable` is a primary-key look-up.
+        claim_sql = (f"SET @jobs_claim_target = {_PRIORITY_TARGET.replace('{target}', table)}; "
+                     + claim_sql.replace("WHERE id=%s AND state=%s", "WHERE id=@jobs_claim_target AND state=%s"))
+        claim_params = [job_id, JobState.PENDING.value, job_id] + claim_params[:4] + claim_params[5:]
         try:
             return _claim_and_read(claim_sql, claim_params, job_id, worker, now, completing)
         except Exception as exc:
@@ -146,18 +149,18 @@ def job_claim(job_id: int, *, worker: str, completing: list[Completion] = ()) ->
     return fetch_job(job_id)
 
 
-# The job a wake-up for job %s claims (see job_claim): the best pending job of its queue
+# The job a wake-up for job %s claims (see job_claim), set into @jobs_claim_target before
+# the claim UPDATE in the same packet: the best pending job of its queue
 # that outranks it (any pending one if it is no longer pending), else itself. One probe of
 # job_priority_idx (queue, state, priority DESC, run_at, id) that stops at the first row: with
-# every job at priority 0 and its own job pending, `priority > 0` finds nothing at once. The
-# inner LIMIT makes MariaDB materialize the derived table, which is what lets an UPDATE read
-# the table it writes (error 1093 otherwise). Two workers may pick the same job: one UPDATE
-# wins, the other matches nothing and its wake-up is spent; repush_lost covers that job.
+# every job at priority 0 and its own job pending, `priority > 0` finds nothing at once (two
+# index reads, measured). Two workers may pick the same job: one UPDATE wins, the other
+# matches nothing and its wake-up is spent; repush_lost covers the job left without one.
 _PRIORITY_TARGET = (
-    "COALESCE((SELECT best.id FROM (SELECT c.id FROM {target} c JOIN {target} w ON w.id=%s "
+    "COALESCE((SELECT c.id FROM {target} c JOIN {target} w ON w.id=%s "
     "WHERE c.queue=w.queue AND c.state=%s "
     "AND c.priority > IF(w.state='pending', w.priority, -32768) "
-    "ORDER BY c.priority DESC, c.run_at, c.id LIMIT 1) best), %s)")
+    "ORDER BY c.priority DESC, c.run_at, c.id LIMIT 1), %s)")
 
 
 def _read_claimed(worker: str, now: datetime) -> Job | None:
@@ -189,16 +192,19 @@ def _claim_and_read(claim_sql: str, claim_params: list, job_id: int, worker: str
         raw.set_server_option(_MULTI_STATEMENTS_ON)  # once per connection
         raw._jobs_multi_statements = True
     table = Job._meta.db_table
-    # Fenced by what this claim wrote, not by id: the claim may take another job than job_id.
+    # Fenced by what this claim wrote. The claim may take another job than job_id: on MariaDB
+    # the one in @jobs_claim_target (a primary-key read; without it MariaDB may scan every
+    # active row), elsewhere job_id.
+    target = "@jobs_claim_target" if "@jobs_claim_target" in claim_sql else "%s"
     read_sql = (f"SELECT {_columns()} FROM {table} "
-                "WHERE state=%s AND worker=%s AND started_at=%s")
+                f"WHERE id={target} AND state=%s AND worker=%s AND started_at=%s")
     statements, params = [], []
     for done in completing:
         sql, values = _completion_statement(done)
         statements.append(sql)
         params += values
     statements += [claim_sql.format(table=table), read_sql]
-    params += claim_params + [JobState.ACTIVE.value, worker, _dt(now)]
+    params += claim_params + ([] if target != "%s" else [job_id]) + [JobState.ACTIVE.value, worker, _dt(now)]
     if completing:
         statements = ["BEGIN"] + statements + ["COMMIT"]
     with connection.cursor() as cursor:
@@ -210,6 +216,8 @@ def _claim_and_read(claim_sql: str, claim_params: list, job_id: int, worker: str
                 for _ in completing:
                     written.append(cursor.rowcount)
                     cursor.nextset()
+            for _ in range(claim_sql.count("; ")):
+                cursor.nextset()  # past the statements before the claim UPDATE (the priority target)
             cursor.nextset()  # past the claim UPDATE's result to the SELECT's
             row = cursor.fetchone()
             while cursor.nextset():  # nothing must be left unread on the connection
