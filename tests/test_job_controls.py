@@ -438,3 +438,22 @@ def test_a_bad_limit_declaration_stops_start_up_naming_it():
                             ({"rate_key": "{x}"}, "rate_key / concurrency_key without")):
         with pytest.raises(RegistryError, match="job type 'test:limits': " + message):
             job_type("test:limits", queue="default", timeout=10, payload=Payload, **kwargs)(lambda p, j: None)
+
+
+def test_a_type_s_default_deadline_and_priority_apply_and_enqueue_overrides_them():
+    from jobs.registry import job_type
+    from jobs.system import NoopPayload
+
+    job_type("test:deadline", queue="default", timeout=10, payload=NoopPayload, expires_in=30, priority=7)(
+        lambda p, j: None)
+    job = Job.objects.get(pk=scheduler.enqueue("test:deadline", {}, delay=60))
+    assert (job.expires_at - job.run_at).total_seconds() == 30 and job.priority == 7
+    job = Job.objects.get(pk=scheduler.enqueue("test:deadline", {}, expires_in=timedelta(hours=2), priority=-1))
+    assert (job.expires_at - job.run_at).total_seconds() == 7200 and job.priority == -1
+
+
+def test_the_tasks_api_priority_is_the_job_s_priority():
+    from tests import declared_tasks as dt
+
+    result = dt.build_report.using(priority=40).enqueue(8)
+    assert Job.objects.get(pk=int(result.id)).priority == 40
