@@ -6,7 +6,10 @@ from __future__ import annotations
 from django.contrib import admin
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.formats import date_format
 from django.utils.html import format_html, format_html_join
+from django.utils.translation import gettext, ngettext
+from django.utils.translation import gettext_lazy as _
 
 from analytics.ingest import EVENT_TYPES
 from analytics.models import AppliedBatch, DailyStat, QuarantinedEvent, TopNewsToday
@@ -42,7 +45,7 @@ class DailyStatAdmin(_ReadOnly):
     list_select_related = ("news",)
     show_full_result_count = False
 
-    @admin.display(description="news item", ordering="news_id")
+    @admin.display(description=_("news item"), ordering="news_id")
     def news_item(self, obj):
         return _news_link(obj)
 
@@ -58,15 +61,17 @@ class TopNewsTodayAdmin(_ReadOnly):
         return (super().get_queryset(request).filter(day=timezone.localdate(), event_type="view")
                 .order_by("-count", "news_id"))
 
-    @admin.display(description="news item")
+    @admin.display(description=_("news item"))
     def news_item(self, obj):
         return _news_link(obj)
 
     def changelist_view(self, request, extra_context=None):
         status = buffer_status()
-        extra_context = {**(extra_context or {}),
-                         "title": f"Top news by views today ({timezone.localdate().isoformat()}); "
-                                  f"{status['length']} event(s) waiting in the buffer, not yet counted"}
+        title = gettext("Top news by views today (%(day)s)") % {"day": date_format(timezone.localdate())}
+        waiting = ngettext("%(count)d event waiting in the buffer, not yet counted",
+                           "%(count)d events waiting in the buffer, not yet counted",
+                           status["length"]) % {"count": status["length"]}
+        extra_context = {**(extra_context or {}), "title": f"{title}; {waiting}"}
         return super().changelist_view(request, extra_context)
 
 
@@ -92,9 +97,14 @@ class QuarantinedEventAdmin(_ReadOnly):
     readonly_fields = ("stream_id", "occurred_at", "stage", "error", "fields", "consumer", "quarantined_at")
     show_full_result_count = False
 
-    @admin.display(description="error")
+    @admin.display(description=_("error"))
     def short_error(self, obj):
         return obj.error if len(obj.error) <= 120 else obj.error[:117] + "..."
+
+
+# The by-day table's column headings, for people (the event types themselves are data keys).
+COLUMN_NAMES = {"day": _("day"), "view": _("views"), "share": _("shares"), "like": _("likes"),
+                "unique_users": _("unique users")}
 
 
 def news_analytics_table(news, days: int = 30) -> str:
@@ -104,16 +114,20 @@ def news_analytics_table(news, days: int = 30) -> str:
     rows = news_daily_stats(news_id=news.pk, days=days)
     link = reverse("admin:analytics_dailystat_changelist") + f"?news__id__exact={news.pk}"
     if not rows:
-        return format_html('No events counted in the last {} days. <a href="{}">All days</a>', days, link)
+        return format_html('{} <a href="{}">{}</a>',
+                           ngettext("No events counted in the last %(days)d day.",
+                                    "No events counted in the last %(days)d days.", days) % {"days": days},
+                           link, gettext("All days"))
     columns = [*EVENT_TYPES, "unique_users"]
-    head = format_html_join("", "<th>{}</th>", ((c.replace("_", " "),) for c in ["day", *columns]))
+    head = format_html_join("", "<th>{}</th>", ((COLUMN_NAMES.get(c, c),) for c in ["day", *columns]))
     body = format_html_join(
         "", "<tr>{}</tr>",
-        ((format_html_join("", "<td>{}</td>", ((row["day"].isoformat(),), *((row.get(c, 0),) for c in columns))),)
+        ((format_html_join("", "<td>{}</td>", ((date_format(row["day"]),), *((row.get(c, 0),) for c in columns))),)
          for row in rows))
     return format_html('<table><thead><tr>{}</tr></thead><tbody>{}</tbody></table>'
-                       '<p><a href="{}">All days</a>. Events in the buffer are counted within 5 minutes.</p>',
-                       head, body, link)
+                       '<p><a href="{}">{}</a>. {}</p>',
+                       head, body, link, gettext("All days"),
+                       gettext("Events in the buffer are counted within 5 minutes."))
 
 
 # The news app does not know about analytics: this app registers News's admin again, as a
@@ -124,7 +138,7 @@ _news_admin = type(admin.site.get_model_admin(News))
 class NewsWithAnalyticsAdmin(_news_admin):
     readonly_fields = (*_news_admin.readonly_fields, "analytics_by_day")
 
-    @admin.display(description="analytics by day")
+    @admin.display(description=_("analytics by day"))
     def analytics_by_day(self, obj):
         return news_analytics_table(obj)
 

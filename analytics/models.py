@@ -6,6 +6,8 @@ transaction that writes all of the tables below, so they always agree with each 
 from __future__ import annotations
 
 from django.db import models
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 
 from news.models import News
 
@@ -13,12 +15,15 @@ from news.models import News
 class DailyStat(models.Model):
     """Events of one type for one news item on one day (in TIME_ZONE)."""
 
-    news = models.ForeignKey(News, on_delete=models.CASCADE, related_name="analytics_daily")
-    day = models.DateField()
-    event_type = models.CharField(max_length=16)
-    count = models.BigIntegerField(default=0)
+    news = models.ForeignKey(News, verbose_name=_("news item"), on_delete=models.CASCADE,
+                             related_name="analytics_daily")
+    day = models.DateField(verbose_name=_("day"))
+    event_type = models.CharField(verbose_name=_("event type"), max_length=16)
+    count = models.BigIntegerField(verbose_name=_("count"), default=0)
 
     class Meta:
+        verbose_name = _("daily count")
+        verbose_name_plural = _("daily counts")
         ordering = ["-day", "news_id", "event_type"]
         constraints = [
             # The batch upserts on this key (INSERT ... ON DUPLICATE KEY UPDATE).
@@ -38,8 +43,8 @@ class TopNewsToday(DailyStat):
 
     class Meta:
         proxy = True
-        verbose_name = "top news by views today"
-        verbose_name_plural = "top news by views today"
+        verbose_name = _("top news by views today")
+        verbose_name_plural = _("top news by views today")
 
 
 class DailyUser(models.Model):
@@ -47,9 +52,9 @@ class DailyUser(models.Model):
     The batch inserts with INSERT IGNORE; the count is a COUNT(*) over the key's prefix."""
 
     pk = models.CompositePrimaryKey("news", "day", "user_id")
-    news = models.ForeignKey(News, on_delete=models.CASCADE, related_name="+")
-    day = models.DateField()
-    user_id = models.CharField(max_length=64)
+    news = models.ForeignKey(News, verbose_name=_("news item"), on_delete=models.CASCADE, related_name="+")
+    day = models.DateField(verbose_name=_("day"))
+    user_id = models.CharField(verbose_name=_("user id"), max_length=64)
 
     def __str__(self):
         return f"news {self.news_id} {self.day} user {self.user_id}"
@@ -60,12 +65,13 @@ class RawEvent(models.Model):
 
     # Not a foreign key: a raw log outlives nothing it refers to beyond its retention, and
     # the bulk insert is cheaper without the check.
-    news_id = models.BigIntegerField()
-    event_type = models.CharField(max_length=16)
-    user_id = models.CharField(max_length=64, blank=True)
-    metadata = models.JSONField(null=True, blank=True)
-    occurred_at = models.DateTimeField(db_index=True, help_text="When the buffer accepted it")
-    stream_id = models.CharField(max_length=40, help_text="Its id in the Redis Stream")
+    news_id = models.BigIntegerField(verbose_name=_("news id"))
+    event_type = models.CharField(verbose_name=_("event type"), max_length=16)
+    user_id = models.CharField(verbose_name=_("user id"), max_length=64, blank=True)
+    metadata = models.JSONField(verbose_name=_("metadata"), null=True, blank=True)
+    occurred_at = models.DateTimeField(verbose_name=_("occurred at"), db_index=True,
+                                       help_text=_("When the buffer accepted it"))
+    stream_id = models.CharField(verbose_name=_("stream id"), max_length=40, help_text=_("Its id in the Redis Stream"))
 
     class Meta:
         ordering = ["-id"]
@@ -82,25 +88,27 @@ class AppliedBatch(models.Model):
     and last id, so the range says it all; a chunk of taken-over entries may have gaps, so
     it lists its ids. Ids are stored as sortable keys (see analytics.services.sort_key)."""
 
-    first_key = models.CharField(max_length=32)
-    last_key = models.CharField(max_length=32, db_index=True)
-    entry_keys = models.TextField(blank=True, help_text="Space-separated; empty: the whole range")
-    reason = models.CharField(max_length=32, blank=True)
-    consumer = models.CharField(max_length=191, blank=True)
-    events = models.PositiveIntegerField(default=0, help_text="Entries in the chunk")
-    counted = models.PositiveIntegerField(default=0)
-    dropped_unknown_news = models.PositiveIntegerField(default=0)
-    dropped_invalid = models.PositiveIntegerField(default=0, verbose_name="quarantined",
-                                                  help_text="Entries quarantined (see Quarantined events)")
-    took_ms = models.PositiveIntegerField(default=0)
-    applied_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    first_key = models.CharField(verbose_name=_("first key"), max_length=32)
+    last_key = models.CharField(verbose_name=_("last key"), max_length=32, db_index=True)
+    entry_keys = models.TextField(verbose_name=_("entry keys"), blank=True,
+                                  help_text=_("Space-separated; empty: the whole range"))
+    reason = models.CharField(verbose_name=_("reason"), max_length=32, blank=True)
+    consumer = models.CharField(verbose_name=_("consumer"), max_length=191, blank=True)
+    events = models.PositiveIntegerField(verbose_name=_("events"), default=0, help_text=_("Entries in the chunk"))
+    counted = models.PositiveIntegerField(verbose_name=_("counted"), default=0)
+    dropped_unknown_news = models.PositiveIntegerField(verbose_name=_("dropped unknown news"), default=0)
+    dropped_invalid = models.PositiveIntegerField(default=0, verbose_name=_("quarantined"),
+                                                  help_text=_("Entries quarantined (see Quarantined events)"))
+    took_ms = models.PositiveIntegerField(verbose_name=_("took (ms)"), default=0)
+    applied_at = models.DateTimeField(verbose_name=_("applied at"), auto_now_add=True, db_index=True)
 
     class Meta:
+        verbose_name = _("applied batch")
+        verbose_name_plural = _("applied batches")
         ordering = ["-id"]
-        verbose_name_plural = "applied batches"
 
     def __str__(self):
-        return f"batch {self.pk}: {self.counted} counted at {self.applied_at}"
+        return gettext("batch %(id)s: %(counted)s counted") % {"id": self.pk, "counted": self.counted}
 
 
 class ApplyLock(models.Model):
@@ -108,9 +116,9 @@ class ApplyLock(models.Model):
     so the replay check sees every earlier commit and two batches cannot deadlock on the
     same hot news rows. Reading, parsing and aggregating still run in parallel."""
 
-    name = models.CharField(max_length=32, unique=True)
-    held_by = models.CharField(max_length=191, blank=True)
-    acquired_at = models.DateTimeField(null=True, blank=True)
+    name = models.CharField(verbose_name=_("name"), max_length=32, unique=True)
+    held_by = models.CharField(verbose_name=_("held by"), max_length=191, blank=True)
+    acquired_at = models.DateTimeField(verbose_name=_("acquired at"), null=True, blank=True)
 
     def __str__(self):
         return f"lock {self.name} (last {self.held_by})"
@@ -123,19 +131,23 @@ class QuarantinedEvent(models.Model):
     entries are counted. Written only by the batch (analytics/quarantine.py)."""
 
     # Unique: a replayed quarantine (a batch killed after its commit) adds nothing.
-    stream_id = models.CharField(max_length=40, unique=True, help_text="Its id in the Redis Stream")
+    stream_id = models.CharField(verbose_name=_("stream id"), max_length=40, unique=True,
+                                 help_text=_("Its id in the Redis Stream"))
     # Text, not JSON: the entry is whatever reached the stream, and this row must be
     # writable whatever it holds (stored as ASCII-escaped JSON, cut at 64 KB).
-    fields = models.TextField(help_text="The entry's fields as JSON (bytes that are not UTF-8 as \\x escapes)")
-    error = models.TextField(help_text="Why it was not counted")
-    stage = models.CharField(max_length=16, help_text="check: refused before SQL; database: the write failed")
-    occurred_at = models.DateTimeField(help_text="When the buffer accepted it")
-    quarantined_at = models.DateTimeField(auto_now_add=True, db_index=True)
-    consumer = models.CharField(max_length=191, blank=True)
+    fields = models.TextField(verbose_name=_("fields"),
+                              help_text=_("The entry's fields as JSON (bytes that are not UTF-8 as \\x escapes)"))
+    error = models.TextField(verbose_name=_("error"), help_text=_("Why it was not counted"))
+    stage = models.CharField(verbose_name=_("stage"), max_length=16,
+                             help_text=_("check: refused before SQL; database: the write failed"))
+    occurred_at = models.DateTimeField(verbose_name=_("occurred at"), help_text=_("When the buffer accepted it"))
+    quarantined_at = models.DateTimeField(verbose_name=_("quarantined at"), auto_now_add=True, db_index=True)
+    consumer = models.CharField(verbose_name=_("consumer"), max_length=191, blank=True)
 
     class Meta:
+        verbose_name = _("quarantined event")
+        verbose_name_plural = _("quarantined events")
         ordering = ["-id"]
-        verbose_name = "quarantined event"
 
     def __str__(self):
-        return f"entry {self.stream_id}: {self.error[:60]}"
+        return gettext("entry %(id)s: %(error)s") % {"id": self.stream_id, "error": self.error[:60]}

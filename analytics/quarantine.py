@@ -1,5 +1,5 @@
 """Buffer entries the batch cannot count go here (QuarantinedEvent), never back into the
-next batch: one bad entry must not stop analytics for good (issue 12, finding 1).
+next batch: one bad entry must not stop analytics for good.
 
 Which failures are the entry's: an error the database raises about the data (a check
 constraint such as MariaDB's JSON_VALID, a value out of range, a string it cannot store),

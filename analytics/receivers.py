@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from django.utils.translation import gettext_lazy as _
+
 from analytics.ingest import STREAM_KEY
 from analytics.services import analytics_cleanup
 from jobs.monitoring import AppGauge
@@ -20,6 +22,6 @@ def analytics_gauges(sender, **kwargs) -> list[AppGauge]:
     """jobs.monitoring.gauges_requested: the buffer's length on /metrics, the dashboard and
     `jobs stats` (0 when the stream does not exist), read from the buffer's own Redis
     when ANALYTICS_REDIS_URL puts it there."""
-    return [AppGauge(name="nextevent_analytics_buffer_length", label="analytics buffer",
+    return [AppGauge(name="nextevent_analytics_buffer_length", label=_("analytics buffer"),
                      help=f"Events waiting in the analytics stream ({STREAM_KEY})",
                      value=int(buffer_redis().xlen(STREAM_KEY)))]

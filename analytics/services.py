@@ -322,8 +322,32 @@ def apply_chunk(entries: list[Entry], *, fresh_read: bool, reason: str, consumer
     return tally
 
 
+class ApplyLockBusy(Exception):
+    """Another batch's transaction holds the apply lock past APPLY_LOCK_WAIT_S: a batch that
+    is slow, or whose host froze mid-chunk (a paused VM keeps its connection, and with it the
+    lock, for as long as it is paused). Not an error of this batch: it waits and tries again."""
+
+
+# Seconds a chunk waits for the apply lock before giving way: well inside the engine's read
+# timeout (JOBS_DB_TIMEOUT), which would otherwise end the wait as a lost connection and spend
+# the job's retries on somebody else's transaction.
+APPLY_LOCK_WAIT_S = 2
+BUSY_RETRY_AFTER = timedelta(seconds=10)
+
+
 def _lock_apply(consumer: str) -> None:
     now = timezone.now()
+    if connection.vendor == "mysql":
+        wait = max(0, min(APPLY_LOCK_WAIT_S, settings.JOBS_DB_TIMEOUT - 1))
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(f"SELECT id FROM {_table(ApplyLock)} WHERE name = %s FOR UPDATE "
+                               + (f"WAIT {wait}" if wait else "NOWAIT"), [LOCK_NAME])
+        except OperationalError as exc:
+            if exc.args and exc.args[0] == 1205:  # lock wait timeout (WAIT n and NOWAIT alike)
+                raise ApplyLockBusy(f"another batch holds the analytics apply lock (last taken by "
+                                    f"{_last_holder()}); counting again later") from None
+            raise
     if ApplyLock.objects.filter(name=LOCK_NAME).update(held_by=consumer[:191], acquired_at=now):
         return
     try:
@@ -331,6 +355,14 @@ def _lock_apply(consumer: str) -> None:
             ApplyLock.objects.create(name=LOCK_NAME, held_by=consumer[:191], acquired_at=now)
     except IntegrityError:  # created meanwhile by another batch: wait for its lock
         ApplyLock.objects.filter(name=LOCK_NAME).update(held_by=consumer[:191], acquired_at=now)
+
+
+def _last_holder() -> str:
+    # The holder's own row update is not committed yet: this is the last committed holder.
+    row = ApplyLock.objects.filter(name=LOCK_NAME).values_list("held_by", "acquired_at").first()
+    if not row or not row[0]:
+        return "nobody yet"
+    return f"{row[0]} at {row[1]:%Y-%m-%d %H:%M:%S}" if row[1] else row[0]
 
 
 def _already_applied(entries: list[Entry]) -> set[str]:

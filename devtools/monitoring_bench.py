@@ -8,7 +8,7 @@ behind `jobs stats`, the dashboard, /metrics and /readyz.
         python manage.py shell -c "from devtools.monitoring_bench import main; main()"
 
 It refuses to run on a ledger that already has jobs, so it cannot mix with real ones. The
-11-million-row case (issue 17), with the change list and the dispatcher beside the views, is
+11-million-row case, with the change list and the dispatcher beside the views, is
 bench/monitoring.py."""
 
 from __future__ import annotations

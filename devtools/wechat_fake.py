@@ -16,6 +16,10 @@ what it settles to (publish_status 0, or a failure 2-4), a later deletion or ban
 (push_timeout, push_retries), and the callback's message mode (callback_mode plaintext,
 compatible or safe, with encoding_aes_key).
 
+Forgotten state, as the account console's delete (or a fake started afresh) leaves it:
+`forget(media_id_or_url)` deletes permanent material or an in-article image, `forget_draft(media_id)`
+a draft from the box; WeChat then refuses them with 40007 where they are used.
+
 Fault injection: `script(api, *responses)` queues what the next calls of one API do instead:
 an errcode (int), ("http", status), "drop" (do the work, then close the connection
 unanswered: e.g. a submit accepted whose reply is lost), "close" (close the connection
@@ -30,6 +34,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import struct
 import threading
 import time
@@ -122,6 +127,15 @@ PUBLISH_STATUS_GONE = (5, 6)       # deleted by the user / banned, after success
 # - The PUBLISHJOBFINISH push carries publish_id, publish_status, article_id (on success),
 #   article_detail and fail_idx; it is retried when not answered (HTTP 200) in push_timeout.
 # - JSON bodies: a \u escape is refused only in title and author; the text "\u" is fine anywhere.
+# - draft/add refuses a thumb_media_id that is not (or no longer) permanent material, and
+#   freepublish/submit a media_id not (or no longer) in the draft box: 40007 invalid media_id.
+# - draft/add refuses content whose <img> points at an in-article image URL of WeChat's that it
+#   no longer has (deleted, or issued by an earlier fake) with 40007 (unverified: WeChat may
+#   strip the image instead; the stricter is taken). URLs it never issued are left alone.
+
+
+# An in-article image URL as this fake (any instance of it) hands them out from media/uploadimg.
+_FAKE_IMAGE_URL = re.compile(r"http://mmbiz\.qpic\.cn/mmbiz_jpg/img\d+_[0-9a-f]{6}/0")
 
 
 def _err(code: int, message: str) -> dict:
@@ -151,6 +165,9 @@ class FakeWechat:
         self.log_calls = log_calls
         self.lock = threading.RLock()
         self.ids = itertools.count(1)
+        # In its ids and URLs: a fake started afresh (the quick start run again) must not hand
+        # out the same ids as the one before, which an application may still have cached.
+        self.instance = os.urandom(3).hex()
         self.calls: list[dict] = []
         self.scripts: dict[str, list] = {}
         self.used: dict[str, int] = {}
@@ -205,6 +222,18 @@ class FakeWechat:
     def script(self, api: str, *responses) -> None:
         with self.lock:
             self.scripts.setdefault(api, []).extend(responses)
+
+    def forget(self, media_id_or_url: str) -> None:
+        """As the console's delete of a material: a permanent media_id, or an in-article image's URL."""
+        with self.lock:
+            if self.materials.pop(media_id_or_url, None) is None and \
+                    self.uploaded_images.pop(media_id_or_url, None) is None:
+                raise KeyError(f"the fake never had {media_id_or_url!r}")
+
+    def forget_draft(self, media_id: str) -> None:
+        """As the console's delete of a draft in the draft box."""
+        with self.lock:
+            del self.drafts[media_id]
 
     def revoke_token(self) -> None:
         """As if someone else force-refreshed: the current tokens stop working (40001)."""
@@ -460,7 +489,7 @@ class FakeWechat:
             if len(data) > self.limits["image_bytes"]:
                 return _err(ERRCODES["media_size"], "media size out of limit")
         n = next(self.ids)
-        media_id = f"MAT_{n}"
+        media_id = f"MAT_{n}_{self.instance}"
         self.materials[media_id] = {"type": kind, "data": data, "filename": filename}
         return {"media_id": media_id, "url": f"http://mmbiz.qpic.cn/mmbiz_jpg/mat{n}/0?wx_fmt=jpeg"}
 
@@ -472,7 +501,7 @@ class FakeWechat:
             return _err(ERRCODES["invalid_file_type"], "invalid file type")
         if len(data) >= self.limits["uploadimg_bytes"]:
             return _err(ERRCODES["invalid_image_size"], "invalid image size")
-        url = f"http://mmbiz.qpic.cn/mmbiz_jpg/img{next(self.ids)}/0"
+        url = f"http://mmbiz.qpic.cn/mmbiz_jpg/img{next(self.ids)}_{self.instance}/0"
         self.uploaded_images[url] = data
         return {"url": url}
 
@@ -530,6 +559,9 @@ class FakeWechat:
         if a.get("article_type", "news") == "news":
             material = self.materials.get(a.get("thumb_media_id"))
             if material is None or material["type"] not in ("thumb", "image"):
+                return _err(ERRCODES["invalid_media_id"], "invalid media_id")
+        for src in _FAKE_IMAGE_URL.findall(content):
+            if src not in self.uploaded_images:
                 return _err(ERRCODES["invalid_media_id"], "invalid media_id")
         return None
 

@@ -126,27 +126,28 @@ class JobAdmin(admin.ModelAdmin):
         actions.pop("delete_selected", None)  # ours refuses running jobs
         return actions
 
-    @admin.display(description="last error")
+    @admin.display(description=_("last error"))
     def short_error(self, obj):
         return (obj.last_error.splitlines() or [""])[0][:80]
 
-    @admin.display(description="payload")
+    @admin.display(description=_("payload"))
     def payload_pretty(self, obj):
         return format_html("<pre>{}</pre>", json.dumps(obj.payload, indent=2, ensure_ascii=False))
 
-    @admin.display(description="last error")
+    @admin.display(description=_("last error"))
     def last_error_pretty(self, obj):
         return format_html("<pre style='white-space:pre-wrap'>{}</pre>", obj.last_error or "-")
 
-    @admin.display(description="errors, one per failed attempt")
+    @admin.display(description=_("errors, one per failed attempt"))
     def errors_pretty(self, obj):
         return format_html("<pre style='white-space:pre-wrap'>{}</pre>",
                            json.dumps(obj.errors, indent=2, ensure_ascii=False))
 
-    @admin.action(description="Retry now (dead or retry → pending, attempts reset)", permissions=["change"])
+    @admin.action(description=_("Retry now (dead or retry → pending, attempts reset)"), permissions=["change"])
     def retry_now(self, request, queryset):
         count = services.jobs_retry_now(queryset.values_list("pk", flat=True))
-        self.message_user(request, f"{count} job(s) queued to run again.", messages.SUCCESS)
+        self.message_user(request, ngettext("%(count)d job queued to run again.", "%(count)d jobs queued to run again.",
+                                            count) % {"count": count}, messages.SUCCESS)
 
     # Job controls: each behind a permission of its own (Meta.permissions), which a view-only
     # staff member lacks; who acted is recorded on the job. Rules live in jobs/services/.
@@ -214,10 +215,11 @@ class JobAdmin(admin.ModelAdmin):
                          and job.state in RUN_NOW_STATES}
         return super().change_view(request, object_id, form_url, extra_context)
 
-    @admin.action(description="Delete (not running jobs)", permissions=["delete"])
+    @admin.action(description=_("Delete (not running jobs)"), permissions=["delete"])
     def delete_jobs(self, request, queryset):
         count = services.jobs_delete(queryset.values_list("pk", flat=True))
-        self.message_user(request, f"{count} job(s) deleted.", messages.SUCCESS)
+        self.message_user(request, ngettext("%(count)d job deleted.", "%(count)d jobs deleted.", count)
+                          % {"count": count}, messages.SUCCESS)
 
 
 def _who(request) -> str:

@@ -13,7 +13,7 @@ from django_q import admin as q_admin
 from django_q.models import Failure, Schedule, Success
 
 
-@admin.action(description="Resubmit selected tasks to queue", permissions=["resubmit"])
+@admin.action(description=_("Resubmit selected tasks to queue"), permissions=["resubmit"])
 def resubmit_task(model_admin, request, queryset):
     q_admin.resubmit_task(model_admin, request, queryset)
 

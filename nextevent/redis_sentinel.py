@@ -1,4 +1,4 @@
-"""Redis Sentinel, TLS and ACL users for every Redis client of the project (issue 14).
+"""Redis Sentinel, TLS and ACL users for every Redis client of the project.
 
 settings.REDIS stays the redis-py keywords for one server (host, port, db, password, TLS
 files). With REDIS_SENTINELS set, settings.REDIS_SENTINEL holds the sentinels, and

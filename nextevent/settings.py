@@ -78,7 +78,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    # Serves STATIC_ROOT (filled by `collectstatic`) from gunicorn itself (issue 14).
+    # Serves STATIC_ROOT (filled by `collectstatic`) from gunicorn itself.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -109,7 +109,18 @@ TEMPLATES = [
 DATABASES = {"default": database_config(env, embedded=EMBEDDED)}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-LANGUAGE_CODE = "en-us"
+# Languages: each request gets the one its `django_language` cookie or its browser's
+# Accept-Language asks for (LocaleMiddleware); LANGUAGE_CODE is only the fallback. The
+# catalogues are locale/<lang>/LC_MESSAGES/django.po, compiled by the install path
+# (`manage.py compilemessages`). Logs, metrics and the CLI stay English.
+LANGUAGES = [("zh-hans", "简体中文"), ("en", "English")]
+LANGUAGE_CODE = (env.str("LANGUAGE_CODE", "") or "en").lower()
+if LANGUAGE_CODE not in dict(LANGUAGES):
+    raise ConfigError(f"LANGUAGE_CODE must be one of {', '.join(dict(LANGUAGES))}, got {LANGUAGE_CODE!r}")
+LOCALE_PATHS = [BASE_DIR / "locale"]
+# After the session (which may hold the language) and before CommonMiddleware.
+MIDDLEWARE.insert(MIDDLEWARE.index("django.contrib.sessions.middleware.SessionMiddleware") + 1,
+                  "django.middleware.locale.LocaleMiddleware")
 TIME_ZONE = env.str("TIME_ZONE", "Asia/Shanghai")
 USE_I18N = True
 USE_TZ = True
@@ -145,7 +156,7 @@ SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
 # --- Redis: one set of connection keywords for every client in the project ---
 REDIS = redis_config(env, embedded=EMBEDDED)
 REDIS_SOCKET_TIMEOUT = redis_socket_timeout(env)  # also the analytics buffer's own Redis
-# Sentinels that name the master (REDIS_SENTINELS); None: REDIS's host and port (issue 14).
+# Sentinels that name the master (REDIS_SENTINELS); None: REDIS's host and port.
 REDIS_SENTINEL = None if EMBEDDED else sentinel_config(env)
 
 # --- Job engine (jobs/) ---
@@ -312,10 +323,18 @@ WECHAT_IMAGE_ALLOW_PRIVATE = env.bool("WECHAT_IMAGE_ALLOW_PRIVATE", False)
 # lets a server sending one byte at a time hold a worker until the job times out).
 WECHAT_IMAGE_DEADLINE = env.float("WECHAT_IMAGE_DEADLINE", 60, min_value=1)
 # freepublish/get costs one of 100 calls a day: the PUBLISHJOBFINISH push is the main path,
-# polling (doubling from FIRST up to MAX_INTERVAL, at most MAX_POLLS times) the fallback.
+# polling (doubling from FIRST up to MAX_INTERVAL) the fallback.
 WECHAT_POLL_FIRST = env.float("WECHAT_POLL_FIRST", 60, min_value=0.1)
 WECHAT_POLL_MAX_INTERVAL = env.float("WECHAT_POLL_MAX_INTERVAL", 1800, min_value=0.1)
-WECHAT_MAX_POLLS = env.int("WECHAT_MAX_POLLS", 12, min_value=1)
+# How long after its submit an article may wait for WeChat (publishing, or checking after a
+# submit with no answer), however its polls are spaced; then it goes to a person (unknown).
+# The original-content and platform checks can take hours: a day by default, at most 30.
+WECHAT_PUBLISH_MAX_WAIT = env.int("WECHAT_PUBLISH_MAX_WAIT", 86400, min_value=60, max_value=30 * 86400)
+if env.str("WECHAT_MAX_POLLS", ""):
+    # Refused rather than ignored: a count of polls is no duration (it depends on the
+    # intervals), and an operator who set it must learn that it no longer stops polling.
+    raise ConfigError("WECHAT_MAX_POLLS is no longer read: how long an article may stay publishing is "
+                      "WECHAT_PUBLISH_MAX_WAIT (seconds, default 86400); remove WECHAT_MAX_POLLS")
 # freepublish/get calls a day across all workers (WeChat allows 100): past it, polling waits for
 # the next day (the push still settles publications), leaving the rest for people and tools.
 WECHAT_POLLS_PER_DAY = env.int("WECHAT_POLLS_PER_DAY", 80, min_value=1)
@@ -327,13 +346,17 @@ WECHAT_SEARCH_PAGES = env.int("WECHAT_SEARCH_PAGES", 3, min_value=1, max_value=5
 # waits while WeChat still holds the draft, at most MAX_CHECKS times before asking a person.
 WECHAT_RECONCILE_DELAY = env.float("WECHAT_RECONCILE_DELAY", 60, min_value=0.1)
 WECHAT_RECONCILE_MAX_CHECKS = env.int("WECHAT_RECONCILE_MAX_CHECKS", 6, min_value=1)
+if WECHAT_PUBLISH_MAX_WAIT <= max(WECHAT_POLL_FIRST, WECHAT_RECONCILE_DELAY):
+    raise ConfigError(f"WECHAT_PUBLISH_MAX_WAIT ({WECHAT_PUBLISH_MAX_WAIT} s) must be longer than WECHAT_POLL_FIRST "
+                      f"({WECHAT_POLL_FIRST:g} s) and WECHAT_RECONCILE_DELAY ({WECHAT_RECONCILE_DELAY:g} s): "
+                      "else no poll or search happens before it runs out")
 # Waits for WeChat's rate limits (45011, 53501) do not spend retries; this bounds them.
 WECHAT_RATE_LIMIT_WAIT = env.float("WECHAT_RATE_LIMIT_WAIT", 60, min_value=0.1)
 WECHAT_MAX_RATE_LIMIT_WAITS = env.int("WECHAT_MAX_RATE_LIMIT_WAITS", 10, min_value=1)
 # urllib3 logs request URLs at DEBUG, and WeChat puts the access token in the query string.
 LOGGING["loggers"]["urllib3"] = {"level": "INFO"}
 
-# --- Operations (issue 7): /healthz, /readyz, /metrics, alerts (jobs/monitoring*) ---
+# --- Operations: /healthz, /readyz, /metrics, alerts (jobs/monitoring*) ---
 # Where alerts go (dead jobs, old pending jobs). It often embeds a token: never logged in full.
 ALERT_WEBHOOK_URL = env.str("ALERT_WEBHOOK_URL", "")
 if ALERT_WEBHOOK_URL and not ALERT_WEBHOOK_URL.startswith(("http://", "https://")):
@@ -370,7 +393,7 @@ ANALYTICS_BATCH_MAX_SECONDS = env.float("ANALYTICS_BATCH_MAX_SECONDS", 120, min_
 # they have been idle this long. Must exceed the time one chunk takes to commit.
 ANALYTICS_CLAIM_IDLE_SECONDS = env.float("ANALYTICS_CLAIM_IDLE_SECONDS", 30, min_value=0)
 ANALYTICS_RAW_RETENTION_DAYS = env.int("ANALYTICS_RAW_RETENTION_DAYS", 30, min_value=1)
-# Replicas that must hold an event before ingest answers (Redis WAIT, issue 14). 0: answer
+# Replicas that must hold an event before ingest answers (Redis WAIT). 0: answer
 # once the master has it; a failover can then lose the events not yet replicated.
 ANALYTICS_WAIT_REPLICAS = env.int("ANALYTICS_WAIT_REPLICAS", 0, min_value=0, max_value=16)
 ANALYTICS_WAIT_TIMEOUT_MS = env.int("ANALYTICS_WAIT_TIMEOUT_MS", 100, min_value=1)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The critical mutations: bugs that once left the whole suite green (issue 16). Each is
+"""The critical mutations: bugs that once left the whole suite green. Each is
 written, as a text patch, into a temporary copy of the tree; the test(s) that guard it run
 there and must fail; the file is restored before the next one. Exits non-zero if any
 mutation survives (its tests pass), if a patch no longer applies (the code moved: update
@@ -94,7 +94,7 @@ MUTATIONS = [
 ]
 
 
-# Not in CI (--extra runs them): the breakages each of issue 16's other new or strengthened
+# Not in CI (--extra runs them): the breakages each of the other new or strengthened guarantee
 # tests was seen failing on.
 EXTRA = [
     Mutation(

@@ -82,12 +82,20 @@ class SentinelSet:
 
     def __init__(self, workdir: Path, base_port: int, master: str = "mymaster"):
         self.master_name = master
-        self.master = RedisProcess("master", base_port, workdir, []).wait_ready()
-        self.replica = RedisProcess("replica", base_port + 1, workdir,
-                                    ["--replicaof", "127.0.0.1", str(base_port)]).wait_ready()
-        self.sentinels = [RedisProcess(f"sentinel{i}", base_port + 10 + i, workdir, [],
-                                       sentinel_conf=sentinel_conf(base_port, master)).wait_ready()
-                          for i in range(3)]
+        self.master = self.replica = None
+        self.sentinels: list[RedisProcess] = []
+        try:  # one that fails to start must not leave the others running
+            self.master = RedisProcess("master", base_port, workdir, [])
+            self.master.wait_ready()
+            self.replica = RedisProcess("replica", base_port + 1, workdir, ["--replicaof", "127.0.0.1", str(base_port)])
+            self.replica.wait_ready()
+            for i in range(3):
+                self.sentinels.append(RedisProcess(f"sentinel{i}", base_port + 10 + i, workdir, [],
+                                                   sentinel_conf=sentinel_conf(base_port, master)))
+                self.sentinels[-1].wait_ready()
+        except BaseException:
+            self.stop()
+            raise
 
     @property
     def env_value(self) -> str:
@@ -120,4 +128,5 @@ class SentinelSet:
 
     def stop(self) -> None:
         for server in [*self.sentinels, self.replica, self.master]:
-            server.stop()
+            if server is not None:
+                server.stop()

@@ -1,4 +1,4 @@
-"""Staff who may only look cannot act (issue 12, finding 5): each custom admin action and
+"""Staff who may only look cannot act: each custom admin action and
 staff view checked with a view-only staff user, through the Django test client against
 the real database and Redis."""
 

@@ -1,4 +1,4 @@
-"""Issue 12, finding 2: the public endpoint cannot flood the Redis that carries the jobs.
+"""The public endpoint cannot flood the Redis that carries the jobs.
 JSON bodies only (no cross-site simple POST), unknown news never buffered, a per-client
 rate limit (429 + Retry-After), back-pressure past a buffer length (503 + Retry-After,
 nothing half-written), and the buffer on its own Redis with a password."""

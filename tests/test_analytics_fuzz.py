@@ -1,5 +1,5 @@
 """Property-based tests (Hypothesis) for the analytics endpoint and batch, on the real
-MariaDB and Redis (issue 12, "Fuzzing"):
+MariaDB and Redis:
 - whatever body reaches the endpoint, the answer is 2xx or 4xx, never 5xx (503 only as
   deliberate back-pressure), and a request is written whole or not at all;
 - whatever entries reach the stream (valid events, hand-written junk, entries the database

@@ -131,7 +131,7 @@ def deep(levels):
 
 
 @pytest.mark.parametrize("body,error,field,index", [
-    # Issue 12, finding 1: 40 levels is about 250 bytes, and MariaDB refuses depth 32.
+    # 40 levels is about 250 bytes, and MariaDB refuses depth 32.
     ('{"events":[{"news_id":1,"event_type":"view"},{"news_id":1,"event_type":"view","metadata":%s}]}' % deep(40),
      "events[1].metadata: nested deeper than 8 levels", "metadata", 1),
     ('{"news_id":1,"event_type":"view","metadata":{"x":NaN}}', "body: not valid JSON: NaN", "body", None),

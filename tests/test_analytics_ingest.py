@@ -160,8 +160,8 @@ def nested(levels, leaf=1):
     return {"a": value} if levels else value
 
 
-# Everything MariaDB's JSON check or columns would refuse when the batch writes it (issue 12,
-# finding 1): refused here, naming the field and where inside it.
+# Everything MariaDB's JSON check or columns would refuse when the batch writes it:
+# refused here, naming the field and where inside it.
 DATABASE_WOULD_REFUSE = [
     ({"metadata": nested(40)}, "metadata: nested deeper than 8 levels (at .a.a.a.a.a.a.a.a)"),
     ({"metadata": nested(9)}, "metadata: nested deeper than 8 levels"),

@@ -1,4 +1,4 @@
-"""Issue 12, finding 1 (b): no entry that reached the stream can stop the batch. Entries
+"""No entry that reached the stream can stop the batch. Entries
 that are not valid events are quarantined before SQL; a chunk the database refuses is
 split until the entries at fault are isolated and quarantined; everything else is counted
 exactly once; the admin shows the quarantine to those with the view permission only."""

@@ -1,4 +1,4 @@
-"""The claim and the read of the claimed row in one round trip (issue 17), fenced so that a
+"""The claim and the read of the claimed row in one round trip, fenced so that a
 wake-up that loses the claim reads nothing."""
 
 from datetime import timedelta

@@ -1,4 +1,4 @@
-"""Deferred completions (issue 17): a cluster worker records a finished job in its next
+"""Deferred completions: a cluster worker records a finished job in its next
 claim's transaction, or JOBS_COMPLETION_FLUSH_MS later. Nothing is lost on a stop, a kill in
 the window runs the job again (at least once), and a stale attempt is never recorded."""
 

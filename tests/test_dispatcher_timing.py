@@ -1,4 +1,4 @@
-"""The dispatcher's pace (issue 17): it sleeps until the earliest known run_at or schedule slot,
+"""The dispatcher's pace: it sleeps until the earliest known run_at or schedule slot,
 at most JOBS_DISPATCH_INTERVAL, so a job known ahead starts at its run_at rather than up to an
 interval after it; and an idle pass costs one statement, not a locking transaction."""
 

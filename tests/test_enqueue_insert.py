@@ -1,4 +1,4 @@
-"""enqueue() writes its ledger row with a plain INSERT (issue 17): the row must be exactly
+"""enqueue() writes its ledger row with a plain INSERT: the row must be exactly
 what Job.objects.create would have written."""
 
 from datetime import timedelta

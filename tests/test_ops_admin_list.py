@@ -1,4 +1,4 @@
-"""The job admin's change list on a large ledger (issue 17): pages without COUNT(*) over the
+"""The job admin's change list on a large ledger: pages without COUNT(*) over the
 whole table nor SELECT DISTINCT for its filters, through the test client on the real
 database. The pagination is exact for small results and says "about" past its limit."""
 

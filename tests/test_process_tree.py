@@ -1,4 +1,4 @@
-"""Any process of qcluster may die (issue 11): nothing leaks, nothing stalls, and a dead
+"""Any process of qcluster may die: nothing leaks, nothing stalls, and a dead
 worker's job runs again within 2 s. Real qcluster subprocesses, real MariaDB and Redis;
 processes are killed with real SIGKILLs and watched through /proc (psutil)."""
 

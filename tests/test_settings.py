@@ -94,7 +94,7 @@ def test_an_unreachable_redis_gives_one_clear_line_at_qcluster_start(cluster_env
     assert len(lines) == 1 and "127.0.0.1:1" in lines[0] and "REDIS_HOST" in lines[0]
 
 
-# ---------------------------------------------------------------- keys and production (issue 12, findings 6 and 8)
+# ---------------------------------------------------------------- keys and production
 
 STRONG_KEY = "k3y-for-the-production-settings-tests-0123456789-abcdefghij"
 PRINT_KEY = "from nextevent import settings; print(settings.SECRET_KEY)"

@@ -53,9 +53,11 @@ def tls_redis(tmp_path, certs):
         "--tls-key-file", str(c["server.key"]), "--tls-ca-cert-file", str(c["ca.crt"]), "--tls-auth-clients", "yes"])
     client_kwargs = {"ssl": True, "ssl_ca_certs": str(c["ca.crt"]), "ssl_certfile": str(c["client.crt"]),
                      "ssl_keyfile": str(c["client.key"])}
-    server.wait_ready(**client_kwargs)
-    yield server, server.client(**client_kwargs)
-    server.stop()
+    try:  # a server that never answers is stopped too: nothing outlives the fixture
+        server.wait_ready(**client_kwargs)
+        yield server, server.client(**client_kwargs)
+    finally:
+        server.stop()
 
 
 def tls_env(c, **extra):
@@ -132,19 +134,25 @@ def tls_mariadb(tmp_path_factory, certs):
            "CREATE USER 'tlsuser'@'%' IDENTIFIED BY 'tls-pass' REQUIRE SSL;"
            "CREATE USER 'x509user'@'%' IDENTIFIED BY 'x509-pass' REQUIRE X509;"
            "GRANT ALL ON nextevent_tls.* TO 'tlsuser'@'%', 'x509user'@'%';")
-    deadline = time.monotonic() + 60
-    while True:
-        done = subprocess.run(["mariadb", "--no-defaults", f"--socket={sock}", "-uroot", "-e", sql],
-                              capture_output=True, text=True, timeout=30)
-        if done.returncode == 0:
-            break
-        if proc.poll() is not None or time.monotonic() > deadline:
+    try:  # stopped whatever happens in set-up or in the tests
+        deadline = time.monotonic() + 60
+        while True:
+            done = subprocess.run(["mariadb", "--no-defaults", f"--socket={sock}", "-uroot", "-e", sql],
+                                  capture_output=True, text=True, timeout=30)
+            if done.returncode == 0:
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"private MariaDB did not start: {done.stderr}\n"
+                            f"{(base / 'mariadbd.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
             proc.kill()
-            pytest.fail(f"private MariaDB did not start: {done.stderr}\n{(base / 'mariadbd.log').read_text()[-2000:]}")
-        time.sleep(0.5)
-    yield
-    proc.terminate()
-    proc.wait(60)
+            proc.wait(10)
 
 
 SSL_CIPHER = ("from django.db import connection\n"

@@ -1,4 +1,4 @@
-"""The callback URL under attack (issue 12, findings 3 and 4): replays, forged pushes and
+"""The callback URL under attack: replays, forged pushes and
 junk bodies are refused with a 4xx naming the problem, against the real database and Redis,
 and a refused request changes no article."""
 

@@ -1,4 +1,4 @@
-"""The callback's compatible and safe modes (issue 13, finding 2): WeChat's published sample
+"""The callback's compatible and safe modes: WeChat's published sample
 vector decrypts, the fake's independently written encryption round-trips through the real
 callback URL in every mode, and what cannot be verified or decrypted is refused with a log
 line, never acknowledged."""

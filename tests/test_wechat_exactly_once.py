@@ -1,4 +1,4 @@
-"""Exactly one publication whatever WeChat's timing (issue 13), through real qcluster workers,
+"""Exactly one publication whatever WeChat's timing, through real qcluster workers,
 the real callback URL (live server) and the fake WeChat over HTTP, with WeChat's documented
 timing: a publication stays at publish_status 1 for a while, the draft stays in the draft box
 meanwhile, freepublish/batchget lists only successes, and the PUBLISHJOBFINISH push is

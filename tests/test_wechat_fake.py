@@ -127,6 +127,44 @@ def test_the_draft_stays_in_the_box_while_publishing_and_leaves_it_once_publishe
     assert again.value.errcode == 40007
 
 
+def test_material_and_drafts_deleted_in_the_console_are_refused_with_40007(fake_wechat):
+    c = client(fake_wechat)
+    cover = c.add_thumb_material(Upload("cover.jpg", JPEG))
+    image = c.upload_article_image(Upload("a.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 64))
+    draft = c.add_draft([{**ARTICLE, "thumb_media_id": cover, "content": f'<p>x</p><img src="{image}">'}])
+    fake_wechat.forget(cover)
+    fake_wechat.forget(image)
+    fake_wechat.forget_draft(draft)
+
+    refused = []
+    for article in ({**ARTICLE, "thumb_media_id": cover}, {**ARTICLE, "content": f'<img src="{image}">'}):
+        with pytest.raises(WechatPermanentError) as caught:
+            c.add_draft([article])
+        refused.append(caught.value.errcode)
+    with pytest.raises(WechatPermanentError) as submit:
+        c.submit_publish(draft)
+
+    assert refused == [40007, 40007] and submit.value.errcode == 40007 and fake_wechat.publishes == {}
+    # An image URL of WeChat's that this fake never handed out is not its to refuse.
+    c.add_draft([{**ARTICLE, "content": '<img src="http://mmbiz.qpic.cn/mmbiz_png/other/0">'}])
+
+
+def test_a_fake_started_afresh_hands_out_ids_the_one_before_never_did(fake_wechat):
+    from devtools.wechat_fake import FakeWechat
+
+    again = FakeWechat().start()
+    try:
+        first = client(fake_wechat).add_thumb_material(Upload("cover.jpg", JPEG))
+        get_redis().flushdb()  # the other WeChat's token
+        second = client(again).add_thumb_material(Upload("cover.jpg", JPEG))
+        assert first != second
+        with pytest.raises(WechatPermanentError) as caught:
+            client(again).add_draft([{**ARTICLE, "thumb_media_id": first}])
+        assert caught.value.errcode == 40007
+    finally:
+        again.stop()
+
+
 def test_a_second_submit_while_publishing_publishes_twice(fake_wechat):
     """What WeChat does and the project must never do: submit is not idempotent."""
     c = client(fake_wechat)
@@ -238,7 +276,7 @@ def test_manage_py_fake_wechat_serves_the_quick_starts_account(tmp_path):
     assert f"fake WeChat API on {base}" in output and "demo-secret" not in output
 
 
-# ---------------------------------------------------------------- issue 13: as strict as the documentation
+# ---------------------------------------------------------------- as strict as the documentation
 
 
 def token_body(**extra):

@@ -102,7 +102,7 @@ def test_it_finds_outside_images_once_and_rewrites_every_occurrence():
     assert out.count("http://mmbiz.qpic.cn/new/0") == 2 and "a.example" not in out
 
 
-# ---------------------------------------------------------------- hostile servers and URLs (issue 12, finding 9)
+# ---------------------------------------------------------------- hostile servers and URLs
 
 
 class RawServer:

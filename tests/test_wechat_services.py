@@ -293,21 +293,6 @@ def test_a_cover_over_64_kb_fails_naming_the_field(published, fake_wechat):
     assert fake_wechat.count("material/add_material") == 0
 
 
-def test_a_cover_wechat_no_longer_knows_is_uploaded_again_on_retry(published, fake_wechat):
-    news = published()
-    fake_wechat.script("draft/add", 40007)  # someone deleted the material in the console
-
-    with pytest.raises(PermanentError, match="errcode 40007"):
-        wechat_draft_create(news_id=news.pk)
-    assert WechatArticle.objects.get(news=news).thumb_media_id == "" and not WechatImage.objects.exists()
-    Job.objects.filter(subject=f"news:{news.pk}").update(state=JobState.DEAD, live_key=None)
-    wechat_retry(news_id=news.pk)
-    wechat_draft_create(news_id=news.pk)
-
-    assert fake_wechat.count("material/add_material") == 2
-    assert WechatArticle.objects.get(news=news).state == ArticleState.DRAFTED
-
-
 def test_a_missing_content_image_fails_naming_its_url(published, fake_wechat):
     news = published(content=f'<img src="{fake_wechat.root}/img/gone.png">')
 
@@ -428,20 +413,6 @@ def test_a_publish_wechat_rejects_fails_the_article(published, fake_wechat):
     assert WechatArticle.objects.get(news=news).state == ArticleState.FAILED
 
 
-def test_polling_stops_after_the_configured_number_of_polls(published, fake_wechat, settings):
-    settings.WECHAT_MAX_POLLS = 2
-    news = published()
-    article = submitted(fake_wechat, news)
-    for _ in range(2):
-        with pytest.raises(Snooze):
-            publish(article)
-
-    with pytest.raises(PermanentError, match="after 2 polls"):
-        publish(article)
-    assert fake_wechat.count("freepublish/get") == 2
-    assert WechatArticle.objects.get(news=news).state == ArticleState.PUBLISHING  # a late push can settle it
-
-
 def test_polling_waits_for_the_quota_reset_when_freepublish_get_is_used_up(published, fake_wechat, beijing_daytime):
     news = published()
     article = submitted(fake_wechat, news)
@@ -485,7 +456,7 @@ def test_an_unknown_submit_is_never_sent_again_and_goes_to_a_person_when_wechat_
         published, fake_wechat, settings, response):
     """"close": the submit never reached WeChat; "drop": WeChat accepted it and is still
     publishing (the draft stays in the box, batchget lists successes only). We cannot tell the
-    two apart, so neither is submitted again (issue 13, finding 1)."""
+    two apart, so neither is submitted again."""
     settings.WECHAT_RECONCILE_MAX_CHECKS = 2
     news = published()
     article = lost_submit(fake_wechat, news, response)
@@ -518,7 +489,8 @@ def test_when_the_publish_records_cannot_be_searched_a_person_decides(published,
     assert WechatArticle.objects.get(news=news).state == ArticleState.UNKNOWN
     with pytest.raises(PermanentError, match="could not be searched"):
         publish(article)
-    assert wechat_retry(news_id=news.pk) == f"news {news.pk}: not retried, article is unknown"
+    assert wechat_retry(news_id=news.pk) == (f"News {news.pk}: not retried, the article is in state "
+                                             "“Submit outcome unknown: a person must check WeChat”.")
     assert fake_wechat.count("freepublish/submit") == 1
 
 
@@ -586,7 +558,7 @@ def test_retrying_a_failed_article_starts_over_with_a_new_draft(published, fake_
         publish(article)
     Job.objects.filter(subject=f"news:{news.pk}").update(state=JobState.DEAD, live_key=None)
 
-    assert wechat_retry(news_id=news.pk) == f"news {news.pk}: draft creation queued"
+    assert wechat_retry(news_id=news.pk) == f"News {news.pk}: draft creation queued."
     new = drafted(fake_wechat, news)
 
     assert new.draft_media_id != article.draft_media_id and new.publish_id == ""

@@ -1,5 +1,8 @@
 """Certificates made by the test itself (cryptography): a CA, a server certificate for
-127.0.0.1/localhost and a client certificate, all signed by that CA."""
+127.0.0.1/localhost and a client certificate, all signed by that CA. They carry the
+extensions a real CA issues (key identifiers, key usage), which Python 3.13's strict
+verification (ssl.VERIFY_X509_STRICT, on by default) requires: without an Authority Key
+Identifier it refuses a certificate ("Missing Authority Key Identifier")."""
 
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ def make_certs(directory: Path, ca_name: str = "nextevent test CA") -> dict[str,
           .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
                                        content_commitment=False, key_encipherment=False, data_encipherment=False,
                                        key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
           .sign(ca_key, hashes.SHA256()))
     _write(directory / "ca", ca_key, ca)
     for role, usage in (("server", ExtendedKeyUsageOID.SERVER_AUTH), ("client", ExtendedKeyUsageOID.CLIENT_AUTH)):
@@ -45,7 +49,13 @@ def make_certs(directory: Path, ca_name: str = "nextevent test CA") -> dict[str,
                    .public_key(key.public_key()).serial_number(x509.random_serial_number())
                    .not_valid_before(now - datetime.timedelta(minutes=5))
                    .not_valid_after(now + datetime.timedelta(days=1))
-                   .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
+                   .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+                   .add_extension(x509.KeyUsage(digital_signature=True, key_agreement=True, content_commitment=False,
+                                                key_encipherment=False, data_encipherment=False, key_cert_sign=False,
+                                                crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+                   .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                                  critical=False))
         if role == "server":
             builder = builder.add_extension(x509.SubjectAlternativeName(
                 [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)

@@ -1,4 +1,4 @@
-"""Monitoring whose cost does not grow with the ledger (issue 17): the per-minute roll-up
+"""Monitoring whose cost does not grow with the ledger: the per-minute roll-up
 of finished jobs (JobStat, with its mark) and the change list's (state, id) and (queue, id)
 indexes. Both indexes are built in one online ALTER on MariaDB (one pass over the table,
 writes go on meanwhile): minutes on a ledger of ten million rows, not two rebuilds."""

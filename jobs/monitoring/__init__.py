@@ -4,7 +4,7 @@ and /metrics. Every query is bounded (a time window, a LIMIT, or an index-only C
 queue and state), and finished jobs are read from their per-minute roll-up (rollup.py) plus
 the last few minutes of the ledger, so a large ledger does not make a scrape or a page slow.
 
-Acting on jobs (retry, cancel, delete, pause, resume) stays in jobs/services.py."""
+Acting on jobs (retry, cancel, delete, pause, resume) stays in the jobs.services package."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from datetime import timezone as dt_timezone
 from django.conf import settings
 from django.db.models import Count, Min
 from django.dispatch import Signal
-from django.utils import timezone
+from django.utils import dateformat, timezone
 
 from jobs.models import Heartbeat, Job, JobState, QueuePause
 from jobs.monitoring import rollup
@@ -132,7 +132,7 @@ class AppGauge:
 
 
 # Apps connect a receiver returning a list of AppGauge, read at scrape / page time; the
-# engine never imports them (analytics/monitoring.py is one).
+# engine never imports them (analytics/receivers.py connects one).
 gauges_requested = Signal()
 
 
@@ -252,7 +252,8 @@ def throughput(now: datetime | None = None) -> dict[str, list[Bucket]]:
     daily = []
     for day, (done, failed) in sorted(days.items())[-7:]:
         start = timezone.make_aware(datetime.combine(day, datetime.min.time()))
-        daily.append(Bucket(start, start + timedelta(days=1), start.strftime("%a %d"), done, failed))
+        # Weekday and day in the active language (the dashboard's; English outside a request).
+        daily.append(Bucket(start, start + timedelta(days=1), dateformat.format(start, "D j"), done, failed))
     return {"hourly": hourly, "daily": daily}
 
 

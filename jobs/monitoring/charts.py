@@ -7,6 +7,7 @@ import math
 from collections.abc import Sequence
 
 from django.utils.html import escape
+from django.utils.translation import gettext
 from django.utils.safestring import SafeString, mark_safe
 
 from jobs.monitoring import Bucket
@@ -40,16 +41,21 @@ def stacked_bars(buckets: Sequence[Bucket], *, title: str, width: int = 720, hei
     bar_w = max(slot * 0.72, 1.0)
     total_completed = sum(b.completed for b in buckets)
     total_failed = sum(b.failed for b in buckets)
+    completed, failed = gettext("completed"), gettext("failed")
+
+    def numbers(label: str, done: int, fail: int) -> str:
+        return gettext("%(label)s: %(completed)d completed, %(failed)d failed") % {
+            "label": label, "completed": done, "failed": fail}
     parts = [
         f'<svg class="jobs-chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
         f'width="{width}" height="{height}" role="img" aria-label="{escape(title)}" '
         f'data-completed="{total_completed}" data-failed="{total_failed}">',
-        f"<title>{escape(title)}: {total_completed} completed, {total_failed} failed</title>",
+        f"<title>{escape(numbers(title, total_completed, total_failed))}</title>",
         f'<text x="{left}" y="16" class="chart-title" font-size="13" font-weight="bold" fill="currentColor">'
         f"{escape(title)}</text>",
         f'<g transform="translate({width - right - 170},6)" font-size="11" fill="currentColor">'
-        f'<rect width="10" height="10" fill="{COMPLETED_COLOR}"/><text x="14" y="9">completed</text>'
-        f'<rect x="86" width="10" height="10" fill="{FAILED_COLOR}"/><text x="100" y="9">failed</text></g>',
+        f'<rect width="10" height="10" fill="{COMPLETED_COLOR}"/><text x="14" y="9">{escape(completed)}</text>'
+        f'<rect x="86" width="10" height="10" fill="{FAILED_COLOR}"/><text x="100" y="9">{escape(failed)}</text></g>',
     ]
     for fraction in (0, 0.5, 1):
         y = top_pad + plot_h * (1 - fraction)
@@ -65,8 +71,7 @@ def stacked_bars(buckets: Sequence[Bucket], *, title: str, width: int = 720, hei
         h_fail = plot_h * b.failed / top
         base = top_pad + plot_h
         parts.append(f'<g class="bar" data-label="{escape(b.label)}" data-completed="{b.completed}" '
-                     f'data-failed="{b.failed}"><title>{escape(b.label)}: {b.completed} completed, '
-                     f'{b.failed} failed</title>')
+                     f'data-failed="{b.failed}"><title>{escape(numbers(b.label, b.completed, b.failed))}</title>')
         # A full-height transparent rect makes empty hours hoverable too.
         parts.append(f'<rect x="{_n(x)}" y="{top_pad}" width="{_n(bar_w)}" height="{plot_h}" fill="transparent"/>')
         if b.completed:

@@ -1,6 +1,7 @@
 """HTTP views for operations: /healthz, /readyz, /metrics and the staff dashboard at
-/admin/jobs/dashboard/. Thin: the numbers come from jobs/monitoring.py and
-jobs/monitoring/metrics.py, the actions from jobs/services.py.
+/admin/jobs/dashboard/. Thin: the numbers come from the jobs.monitoring package
+(jobs/monitoring/__init__.py, jobs/monitoring/metrics.py), the actions from the jobs.services
+package. The dashboard speaks the request's language; probes and metrics stay English.
 
 Access:
 - /healthz: open; says only that the process answers.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import hmac
 import logging
 
+from django.apps import apps
 from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
@@ -28,6 +30,7 @@ from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.translation import gettext
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
@@ -153,10 +156,10 @@ def format_seconds(value: float | None) -> str:
     if value is None:
         return "–"
     if abs(value) < 1:
-        return f"{value * 1000:.0f} ms"
+        return gettext("%(value)s ms") % {"value": f"{value * 1000:.0f}"}
     if abs(value) < 120:
-        return f"{value:.2f} s"
-    return f"{value / 60:.1f} min"
+        return gettext("%(value)s s") % {"value": f"{value:.2f}"}
+    return gettext("%(value)s min") % {"value": f"{value / 60:.1f}"}
 
 
 def _timing_rows(timings: dict[str, dict]) -> list[dict]:
@@ -169,7 +172,8 @@ def _timing_rows(timings: dict[str, dict]) -> list[dict]:
 
 def dashboard(request):
     if not request.user.has_perm(VIEW_PERMISSION):
-        raise PermissionDenied(f"the jobs dashboard needs the {VIEW_PERMISSION} permission")
+        raise PermissionDenied(gettext("The jobs dashboard needs the %(permission)s permission.")
+                               % {"permission": VIEW_PERMISSION})
     now = timezone.now()
     redis = monitoring.redis_state()
     health = monitoring.health_heartbeat(now)
@@ -180,15 +184,18 @@ def dashboard(request):
                 for job in monitoring.recent_failures(20)]
     context = {
         **admin.site.each_context(request),
-        "title": "Jobs dashboard",
+        "title": gettext("Jobs dashboard"),
+        "jobs_app_name": apps.get_app_config("jobs").verbose_name,
+        "state_names": {state.value: state.label for state in JobState},
         "now": now,
         "queues": _queue_rows(overview),
         "totals": {k: sum(r[k] or 0 for r in overview.values())
                    for k in ("scheduled", "pending", "active", "retry", "dead", "completed_1h", "failed_1h",
                              "completed_today", "failed_today", "depth", "workers_alive", "expired_today")},
-        "hourly_chart": monitoring_charts.stacked_bars(history["hourly"], title="Last 24 hours, per hour", width=640,
-                                                       label_every=3),
-        "daily_chart": monitoring_charts.stacked_bars(history["daily"], title="Last 7 days, per day", width=440),
+        "hourly_chart": monitoring_charts.stacked_bars(history["hourly"], title=gettext("Last 24 hours, per hour"),
+                                                       width=640, label_every=3),
+        "daily_chart": monitoring_charts.stacked_bars(history["daily"], title=gettext("Last 7 days, per day"),
+                                                      width=440),
         "timings": _timing_rows(monitoring.timing_percentiles(now)),
         "lateness_sample": monitoring.LATENESS_SAMPLE,
         "failures": failures,
@@ -215,10 +222,12 @@ def queue_action(request, queue: str, action: str):
         raise PermissionDenied
     if action == "pause":
         changed = services.queue_pause(queue, by=f"admin:{request.user.get_username()}")
-        text = f"Queue {queue} paused: its jobs wait until it is resumed." if changed else f"Queue {queue} was already paused."
+        text = (gettext("Queue %(queue)s paused: its jobs wait until it is resumed.") if changed
+                else gettext("Queue %(queue)s was already paused."))
     else:
         changed = services.queue_resume(queue)
-        text = f"Queue {queue} resumed." if changed else f"Queue {queue} was not paused."
+        text = gettext("Queue %(queue)s resumed.") if changed else gettext("Queue %(queue)s was not paused.")
+    text %= {"queue": queue}
     logger.info("queue %s %s by %s (changed: %s)", queue, action, request.user.get_username(), changed)
     messages.success(request, text)
     return redirect("jobs_dashboard")

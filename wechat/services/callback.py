@@ -42,14 +42,17 @@ def apply_publish_result(publish_id: str, *, status: int, article_id: str, urls:
     a second report of the same outcome, or one while still publishing, changes nothing."""
     if status == 1:
         return False
+    # UNKNOWN with a publish_id: WeChat took longer than WECHAT_PUBLISH_MAX_WAIT and the article
+    # went to a person; what WeChat says later still settles it.
+    waiting = [ArticleState.PUBLISHING, ArticleState.UNKNOWN]
     if status == 0:
         url = safe_article_url((urls or [""])[0], source=source)
-        return bool(WechatArticle.objects.filter(publish_id=publish_id, state=ArticleState.PUBLISHING).update(
+        return bool(WechatArticle.objects.filter(publish_id=publish_id, state__in=waiting).update(
             state=ArticleState.PUBLISHED, article_id=article_id, article_url=url[:1024],
             publish_status=0, published_at=timezone.now(), last_error=""))
     # 5 and 6 arrive after success: the article was there and is no more.
     return bool(WechatArticle.objects.filter(
-        publish_id=publish_id, state__in=[ArticleState.PUBLISHING, ArticleState.PUBLISHED]
+        publish_id=publish_id, state__in=[*waiting, ArticleState.PUBLISHED]
     ).exclude(publish_status=status).update(state=ArticleState.FAILED, publish_status=status,
                                             last_error=failure_message(publish_id, status, fail_idx)))
 

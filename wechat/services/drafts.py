@@ -1,6 +1,11 @@
 """The draft: `wechat:draft_creation` puts the cover and content images on WeChat (each
 image once), creates the draft once (a hidden marker lets a re-run find a draft whose
-draft/add answer was lost) and, in the transaction that records it, enqueues publishing."""
+draft/add answer was lost) and, in the transaction that records it, enqueues publishing.
+
+What WeChat forgot (material or a draft deleted in the account's console) is made again,
+once: a cover or content image refused at draft/add (40007) is uploaded again and draft/add
+retried in the same run; a draft refused at freepublish/submit (40007) gets a new draft
+(`draft_again`). A second refusal is permanent."""
 
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ from wechat.client import WechatClient, WechatError, WechatOutcomeUnknown, Wecha
 from wechat.models import ArticleState, WechatArticle
 from wechat.scheduling import schedule_wechat_draft_creation, schedule_wechat_publishing
 from wechat.services.errors import as_job_errors
-from wechat.services.media import cover_media_id, forget_thumb, upload_content_images
+from wechat.services.media import cover_media_id, forget_uploads, upload_content_images
 from wechat.services.records import CLOCK_SLACK, is_ours, pages
 
 logger = logging.getLogger("wechat.services")
@@ -91,25 +96,52 @@ def wechat_draft_create(*, news_id: int) -> str:
 
 
 def _add_draft(client: WechatClient, article: WechatArticle, news: News, marker: str) -> str:
-    thumb = cover_media_id(client, article, news)
-    content = upload_content_images(client, article, news.content)
-    # The marker is an HTML comment: invisible to readers, kept in the draft's content.
-    content = f"{content}\n<!--{marker}-->"
-    _check_content(content)
-    payload = _draft_article(news, content=content, thumb_media_id=thumb)
-    # Recorded before sending: from here until the answer is stored, a re-run must look first.
-    WechatArticle.objects.filter(pk=article.pk, state=ArticleState.PENDING).update(
-        draft_requested_at=timezone.now())
-    try:
-        return client.add_draft([payload])
-    except WechatOutcomeUnknown:
-        raise  # maybe created: the next attempt looks for the marker
-    except WechatError as exc:
-        # WeChat answered with a refusal: nothing was created, nothing to look for.
-        WechatArticle.objects.filter(pk=article.pk, state=ArticleState.PENDING).update(draft_requested_at=None)
-        if exc.errcode == 40007:
-            forget_thumb(article, thumb)
-        raise
+    for attempt in (1, 2):
+        thumb = cover_media_id(client, article, news)
+        content = upload_content_images(client, article, news.content)
+        # The marker is an HTML comment: invisible to readers, kept in the draft's content.
+        content = f"{content}\n<!--{marker}-->"
+        _check_content(content)
+        payload = _draft_article(news, content=content, thumb_media_id=thumb)
+        # Recorded before sending: from here until the answer is stored, a re-run must look first.
+        WechatArticle.objects.filter(pk=article.pk, state=ArticleState.PENDING).update(
+            draft_requested_at=timezone.now())
+        try:
+            return client.add_draft([payload])
+        except WechatOutcomeUnknown:
+            raise  # maybe created: the next attempt looks for the marker
+        except WechatError as exc:
+            # WeChat answered with a refusal: nothing was created, nothing to look for.
+            WechatArticle.objects.filter(pk=article.pk, state=ArticleState.PENDING).update(draft_requested_at=None)
+            if exc.errcode != 40007:
+                raise
+            if attempt == 1 and forget_uploads(article, thumb):
+                logger.warning("wechat draft: news %s: %s; uploading the cover and content images again", news.pk,
+                               exc)
+                continue
+            why = ("after uploading the cover and content images again" if attempt == 2 else
+                   "and none of its media ids is an upload of ours to make again (WECHAT_DEFAULT_THUMB_MEDIA_ID, "
+                   "or an image already on WeChat in the content?)")
+            raise WechatPermanentError(f"{exc} ({why})", errcode=exc.errcode, api=exc.api) from None
+    raise AssertionError("unreachable")
+
+
+def draft_again(*, article: WechatArticle, why: str) -> bool:
+    """freepublish/submit refused the draft with 40007: WeChat no longer has it (deleted from
+    the draft box). That refusal was an answer, so nothing was published and a new draft of
+    the item is safe to submit. Once per article: False if it was made again before."""
+    with transaction.atomic():
+        moved = WechatArticle.objects.filter(
+            pk=article.pk, state=ArticleState.DRAFTED, publish_id="", draft_media_id=article.draft_media_id,
+            redrafts=0).update(
+            state=ArticleState.PENDING, redrafts=1, draft_media_id="", draft_requested_at=None, drafted_at=None,
+            submitted_at=None, waiting_since=None, last_error=f"{why}: making a new draft"[:2000])
+        if moved:
+            schedule_wechat_draft_creation(article.news_id)
+    if moved:
+        logger.warning("wechat publish: news %s: draft %s is no longer at WeChat (%s); making a new draft",
+                       article.news_id, article.draft_media_id, why)
+    return bool(moved)
 
 
 def _lost_the_draft_race(client: WechatClient, article: WechatArticle, media_id: str) -> str:

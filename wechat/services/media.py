@@ -97,11 +97,19 @@ def _upload_lock(key: str):
         delete_if_equal(redis, key, owner)
 
 
-def forget_thumb(article: WechatArticle, media_id: str) -> None:
-    # draft/add said the cover's media_id is invalid (deleted from the account's material):
-    # forget it so that a retry uploads the image again.
-    WechatArticle.objects.filter(pk=article.pk, thumb_media_id=media_id).update(thumb_media_id="")
-    WechatImage.objects.filter(kind=ImageKind.THUMB, media_id=media_id).delete()
+def forget_uploads(article: WechatArticle, thumb_media_id: str) -> bool:
+    """draft/add said a media id is invalid (40007: the material was deleted in the account's
+    console, or another WeChat forgot it): forget what we cached of this article's cover and
+    content images, so that they are uploaded again. WeChat does not say which one it was.
+    False if nothing was ours to forget (a configured WECHAT_DEFAULT_THUMB_MEDIA_ID, no images)."""
+    cover = WechatImage.objects.filter(kind=ImageKind.THUMB, media_id=thumb_media_id).delete()[0]
+    cover += WechatArticle.objects.filter(pk=article.pk, thumb_media_id=thumb_media_id).exclude(
+        thumb_media_id="").update(thumb_media_id="")
+    urls = list((article.content_images or {}).values())
+    WechatImage.objects.filter(kind=ImageKind.CONTENT, url__in=urls).delete()
+    WechatArticle.objects.filter(pk=article.pk).update(content_images={})
+    article.thumb_media_id, article.content_images = "", {}
+    return bool(cover or urls)
 
 
 def upload_content_images(client: WechatClient, article: WechatArticle, content: str) -> str:

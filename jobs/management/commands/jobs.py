@@ -27,7 +27,7 @@ import getpass
 import json
 from datetime import datetime
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, no_translations
 from django.db import DatabaseError
 from django.utils import timezone
 from redis.exceptions import RedisError
@@ -123,6 +123,7 @@ class Command(BaseCommand):
         p.add_argument("queue", choices=QUEUES)
         p.add_argument("--json", action="store_true")
 
+    @no_translations  # the CLI stays English whatever LANGUAGE_CODE says (operators grep it)
     def handle(self, *args, subcommand, **options):
         self.as_json = options.pop("json", False)
         try:

@@ -13,11 +13,12 @@ import threading
 import time
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, no_translations
 
 class Command(BaseCommand):
     help = "Run one queue's django-q2 cluster (started by qcluster; Q_CLUSTER_NAME selects the queue)."
 
+    @no_translations  # workers, their logs and this output stay English whatever LANGUAGE_CODE says
     def handle(self, *args, **options):
         if not os.environ.get("Q_CLUSTER_NAME"):
             raise CommandError("Q_CLUSTER_NAME must name the queue; use `manage.py qcluster` instead")

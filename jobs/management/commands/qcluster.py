@@ -9,7 +9,7 @@ import os
 import sys
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, no_translations
 
 from jobs.supervisor import Supervisor, check_services
 
@@ -27,6 +27,7 @@ class Command(BaseCommand):
         parser.add_argument("--no-sync-schedules", action="store_true",
                             help="do not create/update the periodic table's Schedule rows at start")
 
+    @no_translations  # workers, their logs and this output stay English whatever LANGUAGE_CODE says
     def handle(self, *args, **options):
         settings.SECRET_KEY  # django-q2 signs with it
         known = list(settings.JOBS_QUEUES)

@@ -8,7 +8,7 @@ qcluster keeps a timing an admin changed; after changing a declared timing (or
 to undo an admin's change), run this with --reset once.
 """
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, no_translations
 from django.utils import timezone
 from django_q.models import Schedule
 
@@ -23,6 +23,7 @@ class Command(BaseCommand):
         parser.add_argument("--reset", action="store_true",
                             help="put each row's timing (cron, next run, repeats) back to the code's")
 
+    @no_translations  # the CLI stays English whatever LANGUAGE_CODE says
     def handle(self, *args, **options):
         changes = sync_periodic_table(reset=options["reset"])
         for line in changes:
