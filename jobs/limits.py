@@ -216,3 +216,41 @@ def release(held: Held | None) -> None:
 
 def _at(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, tz=dt_timezone.utc)
+
+
+# ---------------------------------------------------------------- counters for the domains
+# The same module holds the project's other limits, so that there is one place for every
+# counter: WeChat's daily budgets (a calendar day in Beijing, wechat/services/quota.py) and the
+# analytics endpoint's per-client windows (analytics/ratelimit.py). They are not job starts,
+# so they are not @job_type limits: a WeChat budget counts API calls inside a handler and
+# resets at midnight in Beijing with WeChat's own quota (a moving window would refuse calls
+# WeChat allows after midnight); the analytics limits count HTTP requests on the buffer's own
+# Redis. Each takes the client it counts on.
+
+# INCR and its expiry in one step: a key can never be left without a TTL (which would block
+# the caller for good). ARGV[1]: the expiry in ms, set by the first hit. Returns {count, pttl}.
+_FIXED_WINDOW = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+return {n, redis.call('PTTL', KEYS[1])}
+"""
+_fixed_script = None  # redis-py's Script runs on whichever client it is given (EVALSHA, loaded if missing)
+
+
+def fixed_window_hit(client, key: str, window_seconds: float) -> tuple[int, int]:
+    """One hit on `key` in a fixed window that starts at its first hit and lasts
+    `window_seconds`: (hits in the window so far, milliseconds until it ends)."""
+    global _fixed_script
+    if _fixed_script is None:
+        _fixed_script = client.register_script(_FIXED_WINDOW)
+    count, ttl_ms = _fixed_script(keys=[key], args=[int(window_seconds * 1000)], client=client)
+    return int(count), int(ttl_ms)
+
+
+def spend_budget(client, key: str, budget: int, *, keep_seconds: float) -> bool:
+    """Spend one unit of a budget counted under `key` (a key per period, e.g. per day, chosen
+    by the caller), kept `keep_seconds` after its first spend. False: the budget is spent."""
+    count, _ = fixed_window_hit(client, key, keep_seconds)
+    return count <= budget
