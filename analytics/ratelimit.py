@@ -18,19 +18,9 @@ import math
 from django.conf import settings
 
 from analytics.buffer import RateLimited, buffer_redis
+from jobs import limits
 
 KEY_PREFIX = "nextevent:analytics:rate"
-
-# INCR and its expiry in one step: a key can never be left without a TTL (which would
-# block that client for good).
-_HIT = """
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[1])
-end
-return {n, redis.call('PTTL', KEYS[1])}
-"""
-_hit_script = None
 
 
 def client_address(request) -> str:
@@ -68,12 +58,9 @@ def check_request(client: str) -> None:
     limit = settings.ANALYTICS_RATE_REQUESTS
     if not limit:
         return
-    global _hit_script
-    if _hit_script is None:
-        _hit_script = buffer_redis().register_script(_HIT)
     window = settings.ANALYTICS_RATE_WINDOW_SECONDS
-    count, ttl_ms = _hit_script(keys=[f"{KEY_PREFIX}:requests:{client}"], args=[int(window * 1000)],
-                                client=buffer_redis())
+    # The project's one home for counters (jobs/limits.py), on the buffer's own Redis.
+    count, ttl_ms = limits.fixed_window_hit(buffer_redis(), f"{KEY_PREFIX}:requests:{client}", window)
     if count > limit:
         raise RateLimited(f"at most {limit} requests per {window:g} s from one client",
                           math.ceil(ttl_ms / 1000) if ttl_ms > 0 else math.ceil(window))

@@ -13,7 +13,7 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from jobs import services
-from jobs.models import Heartbeat, Job, QueuePause
+from jobs.models import CANCELLABLE_STATES, RUN_NOW_STATES, Heartbeat, Job, QueuePause
 from jobs.queues import QUEUES
 from jobs.registry import job_types
 
@@ -98,7 +98,8 @@ class JobAdmin(admin.ModelAdmin):
     list_filter = ("state", ("queue", known_values_filter(lambda: QUEUES)),
                    ("job_type", known_values_filter(lambda: job_types().keys())))
     search_fields = ("=id", "=subject", "unique_key")
-    actions = ["retry_now", "cancel", "delete_jobs"]
+    actions = ["retry_now", "run_now", "cancel", "delete_jobs"]
+    change_form_template = "admin/jobs/job/change_form.html"  # the job page's cancel / run-now buttons
     list_per_page = 50
     show_full_result_count = False  # COUNT(*) over a large ledger on every page view
     show_facets = admin.ShowFacets.NEVER  # a COUNT per filter value over the ledger
@@ -106,7 +107,9 @@ class JobAdmin(admin.ModelAdmin):
     exclude = ("payload", "errors", "last_error")
     readonly_fields = ("job_type", "queue", "state", "attempts", "max_retries", "timeout", "run_at", "created_at",
                        "dispatched_at", "started_at", "finished_at", "lease_expires_at", "worker", "unique_key",
-                       "live_key", "subject", "waiting_reason", "result", "payload_pretty", "last_error_pretty", "errors_pretty")
+                       "live_key", "subject", "waiting_reason", "result", "payload_pretty", "last_error_pretty", "errors_pretty",
+                       "priority", "expires_at", "cancel_requested_at", "cancelled_at", "cancelled_by", "run_now_at",
+                       "run_now_by")
 
     def get_paginator(self, request, queryset, per_page, orphans=0, allow_empty_first_page=True):
         paginator = super().get_paginator(request, queryset, per_page, orphans, allow_empty_first_page)
@@ -146,17 +149,82 @@ class JobAdmin(admin.ModelAdmin):
         self.message_user(request, ngettext("%(count)d job queued to run again.", "%(count)d jobs queued to run again.",
                                             count) % {"count": count}, messages.SUCCESS)
 
-    @admin.action(description=_("Cancel (scheduled, pending or retry jobs)"), permissions=["change"])
+    # Job controls: each behind a permission of its own (Meta.permissions), which a view-only
+    # staff member lacks; who acted is recorded on the job. Rules live in jobs/services/.
+    def has_cancel_permission(self, request, obj=None):
+        return request.user.has_perm("jobs.cancel_job")
+
+    def has_run_now_permission(self, request, obj=None):
+        return request.user.has_perm("jobs.run_job_now")
+
+    @admin.action(description=_("Cancel (running jobs are asked to stop)"), permissions=["cancel"])
     def cancel(self, request, queryset):
-        count = services.jobs_cancel(queryset.values_list("pk", flat=True))
-        self.message_user(request, ngettext("%(count)d job cancelled.", "%(count)d jobs cancelled.", count)
-                          % {"count": count}, messages.SUCCESS)
+        count = services.jobs_cancel(queryset.values_list("pk", flat=True), by=_who(request))
+        self.message_user(request, ngettext("%(count)d job cancelled (a running one stops within its grace).",
+                                            "%(count)d jobs cancelled (running ones stop within their grace).",
+                                            count) % {"count": count}, messages.SUCCESS)
+
+    @admin.action(description=_("Run now (scheduled or retry jobs)"), permissions=["run_now"])
+    def run_now(self, request, queryset):
+        count = services.jobs_run_now(queryset.values_list("pk", flat=True), by=_who(request))
+        self.message_user(request, ngettext("%(count)d job set to run now.", "%(count)d jobs set to run now.",
+                                            count) % {"count": count}, messages.SUCCESS)
+
+    def get_urls(self):
+        from django.urls import path
+
+        return [
+            path("<int:job_id>/cancel/", self.admin_site.admin_view(self.cancel_view), name="jobs_job_cancel"),
+            path("<int:job_id>/run-now/", self.admin_site.admin_view(self.run_now_view), name="jobs_job_run_now"),
+        ] + super().get_urls()
+
+    def _job_page_control(self, request, job_id, allowed, act, done_message, refused_message):
+        from django.core.exceptions import PermissionDenied
+        from django.http import HttpResponseNotAllowed
+        from django.shortcuts import redirect
+
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if not allowed(request):
+            raise PermissionDenied
+        if not Job.objects.filter(pk=job_id).exists():
+            self.message_user(request, _("Job %(id)s does not exist.") % {"id": job_id}, messages.ERROR)
+            return redirect("admin:jobs_job_changelist")
+        if act([job_id], by=_who(request)):
+            self.message_user(request, done_message % {"id": job_id}, messages.SUCCESS)
+        else:
+            self.message_user(request, refused_message % {"id": job_id}, messages.WARNING)
+        return redirect("admin:jobs_job_change", job_id)
+
+    def cancel_view(self, request, job_id):
+        return self._job_page_control(request, job_id, self.has_cancel_permission, services.jobs_cancel,
+                                      _("Job %(id)s cancelled (if running, it stops within its grace)."),
+                                      _("Job %(id)s was not cancelled: it is finished or was asked already."))
+
+    def run_now_view(self, request, job_id):
+        return self._job_page_control(request, job_id, self.has_run_now_permission, services.jobs_run_now,
+                                      _("Job %(id)s set to run now."),
+                                      _("Job %(id)s was not set to run now: only scheduled or retry jobs can be."))
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        job = Job.objects.filter(pk=object_id).first() if str(object_id).isdigit() else None
+        extra_context = {**(extra_context or {}),
+                         "can_cancel_job": job is not None and self.has_cancel_permission(request)
+                         and job.state in CANCELLABLE_STATES and job.cancel_requested_at is None,
+                         "can_run_job_now": job is not None and self.has_run_now_permission(request)
+                         and job.state in RUN_NOW_STATES}
+        return super().change_view(request, object_id, form_url, extra_context)
 
     @admin.action(description=_("Delete (not running jobs)"), permissions=["delete"])
     def delete_jobs(self, request, queryset):
         count = services.jobs_delete(queryset.values_list("pk", flat=True))
         self.message_user(request, ngettext("%(count)d job deleted.", "%(count)d jobs deleted.", count)
                           % {"count": count}, messages.SUCCESS)
+
+
+def _who(request) -> str:
+    """Recorded on the job as cancelled_by / run_now_by."""
+    return f"admin:{request.user.get_username()}"
 
 
 @admin.register(QueuePause)

@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 FORWARD_BATCH = 500
 REAP_BATCH = 200
+EXPIRE_BATCH = 500
 REPUSH_BATCH = 500
 SCHEDULE_BATCH = 50
 BROKEN_SCHEDULE_RETRY = timedelta(minutes=1)
@@ -100,6 +101,11 @@ def forward_due(*, now: datetime | None = None, limit: int = FORWARD_BATCH) -> i
     # After commit: a crash here leaves pending rows with no wake-up, which repush_lost finds.
     broker.push(rows)
     return len(rows)
+
+
+def expire_overdue(*, now: datetime | None = None, limit: int = EXPIRE_BATCH) -> int:
+    """Jobs not started by their deadline end expired (services.jobs_expire_overdue)."""
+    return len(services.jobs_expire_overdue(now=now or timezone.now(), limit=limit))
 
 
 def reap_expired_leases(*, now: datetime | None = None, limit: int = REAP_BATCH) -> int:
@@ -269,7 +275,7 @@ class Dispatcher:
 
     def __init__(self, name: str):
         self.name = name
-        self._due = {"reap": 0.0, "repush": 0.0, "beat": 0.0}
+        self._due = {"reap": 0.0, "repush": 0.0, "beat": 0.0, "expire": 0.0}
         self.errors_in_a_row = 0
         self.progress = Beat("dispatcher")  # read by the supervisor's watchdog
         # Set by the watchdog when it has started a replacement: this one ends at its next turn.
@@ -315,6 +321,9 @@ class Dispatcher:
         now = clock.now()
         next_job, next_schedule = next_due_times()
         forwarded = 0
+        if self._every("expire", 0.5):
+            # Before forwarding: a job past its deadline is never pushed.
+            expire_overdue(now=now)
         if next_job is not None and next_job <= now:
             forwarded = forward_due(now=now)
         if next_schedule is not None and next_schedule <= now:

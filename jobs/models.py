@@ -17,13 +17,17 @@ class JobState(models.TextChoices):
     DEAD = "dead", pgettext_lazy("job state", "Dead")  # out of retries or permanently failed
     COMPLETED = "completed", pgettext_lazy("job state", "Completed")
     CANCELLED = "cancelled", pgettext_lazy("job state", "Cancelled")
+    EXPIRED = "expired", pgettext_lazy("job state", "Expired")  # not started by its deadline (expires_at); never ran
 
 
 LIVE_STATES = (JobState.SCHEDULED, JobState.PENDING, JobState.ACTIVE, JobState.RETRY)
-FINISHED_STATES = (JobState.DEAD, JobState.COMPLETED, JobState.CANCELLED)
+FINISHED_STATES = (JobState.DEAD, JobState.COMPLETED, JobState.CANCELLED, JobState.EXPIRED)
 # What people may do to a job (admin actions, `manage.py jobs`): one home for both.
-CANCELLABLE_STATES = (JobState.SCHEDULED, JobState.PENDING, JobState.RETRY)
+# Cancel reaches running jobs too: an active one is asked to stop (jobs/services/cancelling.py).
+CANCELLABLE_STATES = (JobState.SCHEDULED, JobState.PENDING, JobState.RETRY, JobState.ACTIVE)
 RETRYABLE_STATES = (JobState.DEAD, JobState.RETRY)
+# "Run now": a job waiting for its run_at (scheduled, or retry waiting for its backoff).
+RUN_NOW_STATES = (JobState.SCHEDULED, JobState.RETRY)
 
 
 class Job(models.Model):
@@ -63,11 +67,26 @@ class Job(models.Model):
     errors = models.JSONField(verbose_name=_("errors"), default=list, blank=True,
                               help_text=_("One entry per failed attempt"))
     result = models.TextField(verbose_name=_("result"), blank=True)
+    # Job controls (jobs/services/cancelling.py, jobs/services/people.py). Nullable or
+    # defaulted columns: MariaDB adds them instantly, without rebuilding the ledger.
+    priority = models.SmallIntegerField(default=0, verbose_name=_("priority"),
+                                        help_text=_("-100 to 100, higher first within a queue"))
+    expires_at = models.DateTimeField(null=True, blank=True, verbose_name=_("expires at"),
+                                      help_text=_("Not started by then: expired, never run"))
+    cancel_requested_at = models.DateTimeField(null=True, blank=True, verbose_name=_("cancel requested at"))
+    cancelled_at = models.DateTimeField(null=True, blank=True, verbose_name=_("cancelled at"))
+    cancelled_by = models.CharField(max_length=150, blank=True, default="", verbose_name=_("cancelled by"))
+    run_now_at = models.DateTimeField(null=True, blank=True, verbose_name=_("run now requested at"))
+    run_now_by = models.CharField(max_length=150, blank=True, default="", verbose_name=_("run now requested by"))
 
     class Meta:
         verbose_name = _("job")
         verbose_name_plural = _("jobs")
         ordering = ["-id"]
+        permissions = [
+            ("cancel_job", _("Can cancel jobs, running ones included")),
+            ("run_job_now", _("Can run jobs and periodic tasks now")),
+        ]
         indexes = [
             # Dispatcher: due scheduled/retry jobs, oldest first.
             models.Index(fields=["state", "run_at"], name="job_state_run_at_idx"),
@@ -81,11 +100,24 @@ class Job(models.Model):
             # walk that stops after a page instead of sorting every matching row.
             models.Index(fields=["state", "id"], name="job_state_id_idx"),
             models.Index(fields=["queue", "id"], name="job_queue_id_idx"),
+            # The dispatcher's deadline sweep: waiting jobs past expires_at.
+            models.Index(fields=["state", "expires_at"], name="job_state_expires_idx"),
+            # The claim's priority probe (jobs/services/running.py: _PRIORITY_TARGET): the best
+            # pending job of a queue, read from the index's first row.
+            models.Index(fields=["queue", "state", "-priority", "run_at", "id"], name="job_priority_idx"),
         ]
 
     def __str__(self):
         return gettext("job %(id)s %(type)s [%(state)s]") % {
             "id": self.pk, "type": self.job_type, "state": self.get_state_display()}
+
+    def cancel_requested(self) -> bool:
+        """For a handler that runs long: has someone asked this attempt to stop? Return
+        soon if so (the engine records the job cancelled). No query: the worker's lease
+        keeper polls the ledger every JOBS_CANCEL_POLL_SECONDS (jobs/worker.py)."""
+        from jobs import cancelflags
+
+        return cancelflags.seen(self.pk, self.claims)
 
 
 class QueuePause(models.Model):

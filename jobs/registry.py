@@ -26,12 +26,17 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import autodiscover_modules
 
 from jobs.errors import PayloadError, UnknownJobType
+from jobs.limits import LimitError, Limits
 from jobs.payloads import Payload
 from jobs.queues import QUEUES
 
 MAX_PAYLOAD_BYTES = 16 * 1024
 MAX_TIMEOUT = 600  # seconds; django-q2's worker timeout and the lease are sized for this
 MAX_RETRIES = 25
+MAX_CANCEL_GRACE = 600  # seconds a running job has to stop by itself after a cancel
+MAX_EXPIRES_IN = 366 * 24 * 3600  # a deadline further than a year ahead is a mistake
+PRIORITY_MIN, PRIORITY_MAX = -100, 100  # the Tasks API's scale: higher runs first
+MAX_RETRY_SECONDS = 24 * 3600  # one retry delay, base or cap
 NAME_MAX_CHARS = 64  # Job.job_type
 
 
@@ -54,6 +59,14 @@ class JobType:
     task_path: str = ""
     unique_key: str = ""
     subject_from: Callable[[dict[str, Any]], str] | None = None
+    # Job controls. cancel_grace: seconds a running job may take to stop by itself after a
+    # cancel before its worker process is ended (None: JOBS_CANCEL_GRACE). expires_in: the
+    # default deadline, seconds after run_at (None: no deadline). priority: the default.
+    cancel_grace: float | None = None
+    expires_in: float | None = None
+    priority: int = 0
+    retry: RetryPolicy | None = None  # None: the engine's JOBS_BACKOFF_* curve
+    limits: Limits | None = None  # rate and concurrency, held in Redis (jobs/limits.py)
 
     def subject_of(self, data: dict[str, Any]) -> str:
         if self.subject_from is not None:
@@ -64,6 +77,66 @@ class JobType:
             return self.subject.format(**data)[:64]
         except (KeyError, IndexError, ValueError):
             return ""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """The wait after failed attempt n (1-based): min(base * factor**(n-1), cap), then
+    +/- jitter (a fraction, 0.1 = up to 10 % either way); base and cap default to
+    JOBS_BACKOFF_BASE and JOBS_BACKOFF_CAP (1 and 16 s: 1, 2, 4, 8, 16). `delay(job, error)`,
+    if given, is asked first: it returns seconds (a vendor's Retry-After) or None for the curve."""
+
+    base: float | None = None
+    factor: float = 2.0
+    cap: float | None = None
+    jitter: float = 0.0
+    delay: Callable[[Any, BaseException], float | None] | None = None
+
+    def curve(self, attempt: int) -> float:
+        import random
+
+        from django.conf import settings
+
+        base = settings.JOBS_BACKOFF_BASE if self.base is None else self.base
+        cap = settings.JOBS_BACKOFF_CAP if self.cap is None else self.cap
+        seconds = min(base * (self.factor ** max(attempt - 1, 0)), cap)
+        if self.jitter:
+            seconds *= 1 + random.uniform(-self.jitter, self.jitter)
+        return max(seconds, 0.0)
+
+
+def _check_controls(where: str, *, cancel_grace, expires_in, priority, retry) -> None:
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    if cancel_grace is not None and not (number(cancel_grace) and 0 <= cancel_grace <= MAX_CANCEL_GRACE):
+        raise RegistryError(f"{where}: cancel_grace must be seconds from 0 to {MAX_CANCEL_GRACE}, got {cancel_grace!r}")
+    if expires_in is not None and not (number(expires_in) and 0 < expires_in <= MAX_EXPIRES_IN):
+        raise RegistryError(f"{where}: expires_in must be seconds from 1 to {MAX_EXPIRES_IN} (or None), got {expires_in!r}")
+    if isinstance(priority, bool) or not isinstance(priority, int) or not PRIORITY_MIN <= priority <= PRIORITY_MAX:
+        raise RegistryError(f"{where}: priority must be a whole number from {PRIORITY_MIN} to {PRIORITY_MAX}, "
+                            f"got {priority!r}")
+    if retry is None:
+        return
+    if not isinstance(retry, RetryPolicy):
+        raise RegistryError(f"{where}: retry must be a jobs.registry.RetryPolicy, got {retry!r}")
+    for field, low in (("base", 0), ("factor", 1), ("cap", 0)):
+        value = getattr(retry, field)
+        if value is None and field != "factor":
+            continue
+        if not (number(value) and low <= value <= MAX_RETRY_SECONDS):
+            raise RegistryError(f"{where}: retry {field} must be a number from {low} to {MAX_RETRY_SECONDS}, got {value!r}")
+    if not (number(retry.jitter) and 0 <= retry.jitter <= 1):
+        raise RegistryError(f"{where}: retry jitter must be a fraction from 0 to 1, got {retry.jitter!r}")
+    if retry.delay is not None and not callable(retry.delay):
+        raise RegistryError(f"{where}: retry delay must be callable(job, error), got {retry.delay!r}")
+
+
+def _retry_policy(retry_base, retry_factor, retry_cap, retry_jitter, retry_delay) -> RetryPolicy | None:
+    """The @job_type keywords as one policy; None when none is given (the engine's curve)."""
+    given = {k: v for k, v in (("base", retry_base), ("factor", retry_factor), ("cap", retry_cap),
+                               ("jitter", retry_jitter), ("delay", retry_delay)) if v is not None}
+    return RetryPolicy(**given) if given else None
 
 
 @dataclass(frozen=True)
@@ -98,15 +171,20 @@ def _check_policy(name: str, *, queue: str, timeout: int, max_retries: int, payl
 
 def register(name: str, *, queue: str, timeout: int, max_retries: int = 3, payload: type[Payload],
              handler: Callable[[Any, Any], Any], subject: str = "", description: str = "",
-             subject_from: Callable[[dict[str, Any]], str] | None = None) -> JobType:
+             subject_from: Callable[[dict[str, Any]], str] | None = None, cancel_grace: float | None = None,
+             expires_in: float | None = None, priority: int = 0, retry: RetryPolicy | None = None,
+             limits: Limits | None = None) -> JobType:
     """Declare a job type. Every policy is a keyword: nothing depends on position.
     `subject_from(payload_json)`, if given, computes the subject instead of the template."""
     _check_policy(name, queue=queue, timeout=timeout, max_retries=max_retries, payload=payload)
+    _check_controls(f"job type {name!r}", cancel_grace=cancel_grace, expires_in=expires_in, priority=priority,
+                    retry=retry)
     if not callable(handler):
         raise RegistryError(f"job type {name!r}: handler must be callable, got {handler!r}")
     jt = JobType(name=name, queue=queue, timeout=timeout, max_retries=max_retries, payload=payload,
                  handler=handler, subject=subject, description=description or (handler.__doc__ or "").strip(),
-                 subject_from=subject_from)
+                 subject_from=subject_from, cancel_grace=cancel_grace, expires_in=expires_in, priority=priority,
+                 retry=retry, limits=limits)
     existing = _types.get(name)
     if existing is not None and existing.handler is not handler:
         raise RegistryError(f"job type {name!r} is declared twice: by {_where(existing.handler)} "
@@ -117,18 +195,42 @@ def register(name: str, *, queue: str, timeout: int, max_retries: int = 3, paylo
 
 def job_type(name: str, *, queue: str | None = None, timeout: int, max_retries: int = 3,
              payload: type[Payload] | None = None, subject: str = "", description: str = "",
-             unique_key: str = ""):
+             unique_key: str = "", cancel_grace: float | None = None, expires_in: float | None = None,
+             priority: int = 0, retry_base: float | None = None, retry_factor: float | None = None,
+             retry_cap: float | None = None, retry_jitter: float | None = None,
+             retry_delay: Callable[[Any, BaseException], float | None] | None = None,
+             rate: tuple[int, float | str] | None = None, rate_key: str = "", concurrency: int | None = None,
+             concurrency_key: str = ""):
     """Decorator form of register(): the function is the handler, `handler(payload, job)`.
+
+    Controls (each optional): `cancel_grace` seconds a running job has to stop by itself
+    after a cancel (default JOBS_CANCEL_GRACE); `expires_in` a default deadline in seconds
+    after run_at; `priority` the default (-100 to 100); `retry_base`, `retry_factor`,
+    `retry_cap`, `retry_jitter` the retry curve (default JOBS_BACKOFF_BASE, x2, JOBS_BACKOFF_CAP,
+    no jitter) and `retry_delay(job, error)` returning seconds or None (use the curve);
+    `rate=(count, per)` at most count starts per `per` seconds ('second', 'minute', 'hour',
+    'day' or a number) and `concurrency` at most N running, each per `rate_key` /
+    `concurrency_key` (templates over the payload: "{account_id}"), held across hosts in
+    Redis (jobs/limits.py).
 
     Over a Tasks API `@task` it declares the task as a job type of its own with our policy
     (see register_task): `@job_type("reports:build", timeout=120, unique_key="{report_id}")`
     above `@task(queue_name="default")`. The task is returned unchanged."""
+    retry = _retry_policy(retry_base, retry_factor, retry_cap, retry_jitter, retry_delay)
+    try:
+        limits = Limits.declare(f"job type {name!r}", rate=rate, rate_key=rate_key, concurrency=concurrency,
+                                concurrency_key=concurrency_key)
+    except LimitError as exc:
+        raise RegistryError(str(exc)) from None
+    controls = dict(cancel_grace=cancel_grace, expires_in=expires_in, priority=priority, retry=retry, limits=limits)
+
     def declare(target):
         from jobs.tasks_compat import Task
 
         if isinstance(target, Task):
             register_task(name, target, queue=queue, timeout=timeout, max_retries=max_retries,
-                          payload=payload, unique_key=unique_key, subject=subject, description=description)
+                          payload=payload, unique_key=unique_key, subject=subject, description=description,
+                          **controls)
             return target
         if unique_key:
             raise RegistryError(f"job type {name!r}: unique_key= is for @task declarations; a handler's "
@@ -137,13 +239,15 @@ def job_type(name: str, *, queue: str | None = None, timeout: int, max_retries: 
             raise RegistryError(f"job type {name!r}: payload= is required for a handler(payload, job); "
                                 "to declare a @task, put @job_type above @task")
         register(name, queue=queue, timeout=timeout, max_retries=max_retries, payload=payload,
-                 handler=target, subject=subject, description=description)
+                 handler=target, subject=subject, description=description, **controls)
         return target
     return declare
 
 
 def register_task(name: str, task, *, queue: str | None = None, timeout: int, max_retries: int = 3,
-                  payload=None, unique_key: str = "", subject: str = "", description: str = "") -> JobType:
+                  payload=None, unique_key: str = "", subject: str = "", description: str = "",
+                  cancel_grace: float | None = None, expires_in: float | None = None, priority: int = 0,
+                  retry: RetryPolicy | None = None, limits: Limits | None = None) -> JobType:
     """Declare a Tasks API @task as a job type with our policy. Its arguments are the payload
     (JSON, checked at enqueue), its queue is the task's queue_name, and `unique_key` /
     `subject` are templates over its arguments by name ("{report_id}"). The unique key is
@@ -157,6 +261,7 @@ def register_task(name: str, task, *, queue: str | None = None, timeout: int, ma
         raise RegistryError(f"{where}: the queue comes from @task(queue_name=...), which is "
                             f"{task.queue_name!r}; do not give queue={queue!r} as well")
     _check_policy(name, queue=task.queue_name, timeout=timeout, max_retries=max_retries, payload=TaskRunPayload)
+    _check_controls(where, cancel_grace=cancel_grace, expires_in=expires_in, priority=priority, retry=retry)
     params = task_parameters(task)
     for what, template in (("unique_key", unique_key), ("subject", subject)):
         for field in _template_fields(where, what, template):
@@ -183,7 +288,8 @@ def register_task(name: str, task, *, queue: str | None = None, timeout: int, ma
     jt = JobType(name=name, queue=task.queue_name, timeout=timeout, max_retries=max_retries,
                  payload=TaskRunPayload, handler=run_task_job, subject=template,
                  description=description or (task.func.__doc__ or "").strip().split("\n")[0],
-                 task_path=task.module_path, unique_key=unique_key, subject_from=subject_from)
+                 task_path=task.module_path, unique_key=unique_key, subject_from=subject_from,
+                 cancel_grace=cancel_grace, expires_in=expires_in, priority=priority, retry=retry, limits=limits)
     _types[name] = jt
     _task_types[task.module_path] = name
     return jt

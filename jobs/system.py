@@ -23,6 +23,12 @@ logger = logging.getLogger(__name__)
 
 SYSTEM_PERIODIC = "system:periodic"
 SYSTEM_NOOP = "system:noop"
+# The no-op with a retry curve of its own (0.5 s x3, capped at 5 s), for demos and tests of
+# per-type retry policies.
+SYSTEM_NOOP_CURVE = "system:noop_curve"
+# The no-op behind limits: at most 5 starts per 10 s and 2 running, per marker (a stand-in
+# for a vendor account), for demos and tests of jobs/limits.py.
+SYSTEM_NOOP_LIMITED = "system:noop_limited"
 
 
 @dataclass
@@ -49,6 +55,10 @@ class NoopPayload(Payload):
     permanent: bool = False
     marker: str = ""
     crash_times: int = 0
+    # Job controls: check job.cancel_requested() while sleeping (a cooperative handler);
+    # fail with a vendor's "Retry-After: N s" (honoured by the type's retry_delay hook).
+    cooperative: bool = False
+    retry_after: float = 0.0
 
     def validate(self):
         if not 0 <= self.sleep <= 600:
@@ -59,6 +69,21 @@ class NoopPayload(Payload):
             raise PayloadError("crash_times", "must be >= 0")
         if len(self.marker) > 64:
             raise PayloadError("marker", "must be at most 64 characters")
+        if not 0 <= self.retry_after <= 3600:
+            raise PayloadError("retry_after", f"must be seconds from 0 to 3600, got {self.retry_after!r}")
+
+
+class DemoVendorBusy(Exception):
+    """What an adapter raises for a vendor's 429 / 503 with a Retry-After header."""
+
+    def __init__(self, retry_after: float):
+        self.retry_after = retry_after
+        super().__init__(f"vendor busy, Retry-After: {retry_after:g} s")
+
+
+def retry_after_of(job, error: BaseException) -> float | None:
+    """A retry_delay hook: the vendor's Retry-After when it gave one, else the curve."""
+    return getattr(error, "retry_after", None)
 
 
 def load_periodic_call(func: str, args: str, kwargs: str, *, name: str):
@@ -94,8 +119,22 @@ def handle_system_periodic(payload: PeriodicPayload, job) -> str:
     return "" if result is None else str(result)
 
 
+@job_type(SYSTEM_NOOP_CURVE, queue="default", timeout=60, max_retries=3, payload=NoopPayload,
+          retry_base=0.5, retry_factor=3, retry_cap=5, description="demo job with its own retry curve")
+def handle_system_noop_curve(payload: NoopPayload, job) -> str:
+    return handle_system_noop(payload, job)
+
+
+@job_type(SYSTEM_NOOP_LIMITED, queue="default", timeout=60, max_retries=3, payload=NoopPayload,
+          rate=(5, 10), rate_key="{marker}", concurrency=2, concurrency_key="{marker}",
+          description="demo job behind a rate and a concurrency limit per marker")
+def handle_system_noop_limited(payload: NoopPayload, job) -> str:
+    return handle_system_noop(payload, job)
+
+
+# cancel_grace 3 s: a demo that ignores a cancel is ended quickly.
 @job_type(SYSTEM_NOOP, queue="default", timeout=60, max_retries=3, payload=NoopPayload,
-          description="demo / benchmark job")
+          cancel_grace=3, retry_delay=retry_after_of, description="demo / benchmark job")
 def handle_system_noop(payload: NoopPayload, job) -> str:
     if payload.marker:
         # Demos and tests watch this list to see every run of every attempt.
@@ -104,9 +143,17 @@ def handle_system_noop(payload: NoopPayload, job) -> str:
         get_redis().rpush(f"nextevent:noop:{payload.marker}", f"{job.pk}:{job.attempts}")
     if job.attempts <= payload.crash_times:
         os.kill(os.getpid(), signal.SIGKILL)  # as a segfault or the OOM killer would
-    if payload.sleep:
+    if payload.sleep and payload.cooperative:
+        deadline = time.monotonic() + payload.sleep
+        while time.monotonic() < deadline:  # bounded by `sleep`
+            if job.cancel_requested():
+                return "stopped: cancel requested"
+            time.sleep(0.05)
+    elif payload.sleep:
         time.sleep(payload.sleep)
     if job.attempts <= payload.fail_times:
+        if payload.retry_after:
+            raise DemoVendorBusy(payload.retry_after)
         if payload.permanent:
             raise PermanentError(f"demo permanent failure (attempt {job.attempts})")
         raise RuntimeError(f"demo failure {job.attempts} of {payload.fail_times}")

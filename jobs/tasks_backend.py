@@ -72,6 +72,7 @@ STATUS_OF_STATE = {
     JobState.COMPLETED: TaskResultStatus.SUCCESSFUL,
     JobState.DEAD: TaskResultStatus.FAILED,
     JobState.CANCELLED: TaskResultStatus.FAILED,
+    JobState.EXPIRED: TaskResultStatus.FAILED,
 }
 
 
@@ -244,7 +245,9 @@ class LedgerBackend(BaseTaskBackend):
         if template:
             unique_key = f"{type_name}:{template.format(**bound)}"
         job_id = services.job_create(job_type=type_name, payload=payload, run_at=task.run_after,
-                                     queue=self.queue_for(task), unique_key=unique_key)
+                                     queue=self.queue_for(task), unique_key=unique_key,
+                                     # The Tasks API's scale is the ledger's: -100 to 100, higher first.
+                                     priority=task.priority)
         # Read back, in the caller's transaction: with a unique key the id may be a live job
         # that was moved, and the result must match what get_result() will say.
         result = result_from_job(services.fetch_job(job_id), task, alias=self.alias)

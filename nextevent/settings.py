@@ -213,6 +213,14 @@ JOBS_RETENTION_COMPLETED_DAYS = env.int("JOBS_RETENTION_COMPLETED_DAYS", 7, min_
 JOBS_RETENTION_DEAD_DAYS = env.int("JOBS_RETENTION_DEAD_DAYS", 30, min_value=1)
 JOBS_ALERT_PENDING_AGE = env.int("JOBS_ALERT_PENDING_AGE", 300, min_value=1)
 JOBS_ALERT_DEAD_JOBS = env.int("JOBS_ALERT_DEAD_JOBS", 0, min_value=0)
+# Job controls. A running job asked to cancel is seen by its worker's lease keeper within
+# JOBS_CANCEL_POLL_SECONDS (one primary-key read per poll while a job runs), on any host;
+# a handler that does not stop by itself is ended with its worker process after the job
+# type's cancel_grace, JOBS_CANCEL_GRACE seconds unless the type says otherwise.
+JOBS_CANCEL_POLL_SECONDS = env.float("JOBS_CANCEL_POLL_SECONDS", 0.5, min_value=0.1)
+JOBS_CANCEL_GRACE = env.float("JOBS_CANCEL_GRACE", 10, min_value=0)
+# A job over its type's concurrency limit comes back after 1-2x this many seconds (jobs/limits.py).
+JOBS_LIMIT_RECHECK_SECONDS = env.float("JOBS_LIMIT_RECHECK_SECONDS", 0.5, min_value=0.05)
 
 Q_CLUSTER = {
     # The name is also django-q2's signing salt: it must be the same in every process.

@@ -135,11 +135,12 @@ def test_retry_now_revives_a_dead_job_with_attempts_reset():
     assert services.jobs_retry_now([job_id]) == 0  # pending now: nothing to retry
 
 
-def test_cancel_and_delete_leave_running_jobs_alone():
+def test_cancel_asks_a_running_job_to_stop_and_delete_leaves_it_alone():
     waiting = scheduler.enqueue(SYSTEM_NOOP, {}, delay=60)
     running = scheduler.enqueue(SYSTEM_NOOP, {})
     services.job_claim(running, worker="t:1")
-    assert services.jobs_cancel([waiting, running]) == 1
+    assert services.jobs_cancel([waiting, running]) == 2  # the running one is asked, not moved
+    assert Job.objects.get(pk=running).cancel_requested_at is not None
     assert services.jobs_delete([waiting, running]) == 1
     assert list(Job.objects.values_list("pk", "state")) == [(running, JobState.ACTIVE)]
 
@@ -156,8 +157,10 @@ def test_enqueue_many_writes_every_row_with_its_type_s_policy_and_pushes_the_due
     assert depth("default") == 2
     rows = list(Job.objects.filter(pk__in=ids).order_by("pk"))
     assert [r.payload for r in rows] == [
-        {"sleep": 0.0, "fail_times": 0, "permanent": False, "marker": "a", "crash_times": 0},
-        {"sleep": 1.0, "fail_times": 0, "permanent": False, "marker": "b", "crash_times": 0}]
+        {"sleep": 0.0, "fail_times": 0, "permanent": False, "marker": "a", "crash_times": 0, "cooperative": False,
+         "retry_after": 0.0},
+        {"sleep": 1.0, "fail_times": 0, "permanent": False, "marker": "b", "crash_times": 0, "cooperative": False,
+         "retry_after": 0.0}]
     for r in rows:
         assert (r.job_type, r.queue, r.state, r.timeout, r.max_retries, r.attempts, r.subject) == (
             SYSTEM_NOOP, "default", JobState.PENDING, 60, 3, 0, "")

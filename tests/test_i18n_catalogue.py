@@ -22,7 +22,7 @@ PLACEHOLDER = re.compile(r"%\((\w+)\)[sd]|\{\{\s*(\w+)\s*\}\}")
 
 # One word means one thing (docs/i18n.md). The job states, word for word.
 JOB_STATES = {"Scheduled": "已计划", "Pending": "待执行", "Active": "执行中", "Retry": "待重试",
-              "Dead": "已失败（死信）", "Completed": "已完成", "Cancelled": "已取消"}
+              "Dead": "已失败（死信）", "Completed": "已完成", "Cancelled": "已取消", "Expired": "已过期"}
 NEWS_STATES = {"Draft": "草稿", "Scheduled": "定时发布", "Published": "已发布", "Archived": "已归档"}
 # Synonyms a translator might reach for, which the glossary replaced by one word.
 NOT_OUR_WORDS = {"作业": "任务 (job)", "仪表板": "监控面板 (dashboard)", "仪表盘": "监控面板 (dashboard)",

@@ -185,14 +185,16 @@ def test_retry_all_dead_of_one_queue(capsys):
     assert code == 1 and "no dead jobs in queue news" in err
 
 
-def test_cancel_leaves_running_jobs_alone_and_says_so(capsys):
+def test_cancel_asks_running_jobs_to_stop_and_says_so(capsys):
     scheduled = make_job(state=JobState.SCHEDULED)
     active = make_job(state=JobState.ACTIVE)
-    code, out, _ = run(capsys, "cancel", str(scheduled.pk), str(active.pk))
+    done = make_job(state=JobState.COMPLETED)
+    code, out, _ = run(capsys, "cancel", str(scheduled.pk), str(active.pk), str(done.pk))
     assert code == 1
-    assert "cancelled 1 of 2 job(s)" in out and f"{active.pk} (active)" in out
+    assert "cancelled 2 of 3 job(s)" in out and f"{done.pk} (completed)" in out
     scheduled.refresh_from_db(), active.refresh_from_db()
-    assert scheduled.state == JobState.CANCELLED and active.state == JobState.ACTIVE
+    assert scheduled.state == JobState.CANCELLED and scheduled.cancelled_by.startswith("cli:")
+    assert active.state == JobState.ACTIVE and active.cancel_requested_at is not None  # its worker stops it
 
     another = make_job(state=JobState.PENDING)
     assert run(capsys, "cancel", str(another.pk))[0] == 0

@@ -53,7 +53,8 @@ def test_finished_counts_split_the_last_hour_from_today_by_queue():
     counts = monitoring.finished_counts(now)
     assert counts["news"]["completed_1h"] == 1 and counts["news"]["failed_1h"] == 1
     assert counts["news"]["completed_today"] == (2 if since_midnight > 7200 else 1)
-    assert counts["default"] == {"completed_1h": 0, "failed_1h": 0, "completed_today": 0, "failed_today": 0}
+    assert counts["default"] == {"completed_1h": 0, "failed_1h": 0, "completed_today": 0, "failed_today": 0,
+                                 "expired_1h": 0, "expired_today": 0}
 
 
 def test_percentiles_are_nearest_rank():

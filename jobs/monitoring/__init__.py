@@ -67,15 +67,17 @@ def oldest_pending(now: datetime) -> dict[str, float]:
 
 
 def finished_counts(now: datetime) -> dict[str, dict[str, int]]:
-    """Per queue: completed and failed (dead) jobs finished in the last hour and today
+    """Per queue: completed, failed (dead) and expired jobs finished in the last hour and today
     (since local midnight), from the per-minute roll-up plus the few minutes since it
     (jobs/monitoring/rollup.py), so the cost does not grow with the ledger."""
     hour_ago = now - timedelta(hours=1)
     day_start = local_day_start(now)
-    out = {queue: {"completed_1h": 0, "failed_1h": 0, "completed_today": 0, "failed_today": 0} for queue in QUEUES}
+    out = {queue: {"completed_1h": 0, "failed_1h": 0, "completed_today": 0, "failed_today": 0, "expired_1h": 0,
+                   "expired_today": 0} for queue in QUEUES}
+    kinds = {JobState.DEAD: "failed", JobState.EXPIRED: "expired"}
     for suffix, since in (("1h", hour_ago), ("today", day_start)):
         for (queue, _job_type, state), total in rollup.totals(since, now).items():
-            key = f"{'failed' if state == JobState.DEAD else 'completed'}_{suffix}"
+            key = f"{kinds.get(state, 'completed')}_{suffix}"
             if queue in out:
                 out[queue][key] += total.count
     return out
@@ -343,4 +345,7 @@ def job_detail(job: Job) -> dict:
             "created_at": _iso(job.created_at), "dispatched_at": _iso(job.dispatched_at),
             "lease_expires_at": _iso(job.lease_expires_at), "worker": job.worker, "unique_key": job.unique_key,
             "live": job.live_key is not None, "result": job.result, "last_error": job.last_error,
-            "errors": list(job.errors or [])}
+            "errors": list(job.errors or []), "priority": job.priority, "expires_at": _iso(job.expires_at),
+            "waiting_reason": job.waiting_reason, "cancel_requested_at": _iso(job.cancel_requested_at),
+            "cancelled_at": _iso(job.cancelled_at), "cancelled_by": job.cancelled_by,
+            "run_now_at": _iso(job.run_now_at), "run_now_by": job.run_now_by}

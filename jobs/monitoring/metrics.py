@@ -104,7 +104,14 @@ class LedgerCollector:
                                               "in the last hour", labels=["queue", "job_type"])
         totals: dict[tuple[str, str], list[int]] = {(jt.queue, jt.name): [0, 0] for jt in job_types().values()}
         merged: dict[tuple[str, str], rollup.Totals] = {}
+        expired = GaugeMetricFamily("nextevent_jobs_expired_last_hour",
+                                    "Jobs that expired unrun (not started by their deadline) in the last hour",
+                                    labels=["queue", "job_type"])
+        expired_totals: dict[tuple[str, str], int] = {(jt.queue, jt.name): 0 for jt in job_types().values()}
         for (queue, job_type, state), stat in window_stats(now).items():
+            if state == JobState.EXPIRED:
+                expired_totals[(queue, job_type)] = expired_totals.get((queue, job_type), 0) + stat.count
+                continue
             if not stat.timed:
                 continue  # as before the roll-up: only jobs that started have a duration and lateness
             key = (queue, job_type)
@@ -117,6 +124,8 @@ class LedgerCollector:
         for (queue, job_type), (n, dead) in sorted(totals.items()):
             processed.add_metric([queue, job_type], n)
             failed.add_metric([queue, job_type], dead)
+        for (queue, job_type), n in sorted(expired_totals.items()):
+            expired.add_metric([queue, job_type], n)
         for (queue, job_type), row in sorted(merged.items()):
             durations.add_metric([queue, job_type], _bucket_pairs(row.duration_buckets, row.count, DURATION_BUCKETS),
                                  row.duration_sum)
@@ -133,7 +142,7 @@ class LedgerCollector:
                                         f"Dispatchers whose heartbeat is under {monitoring.DISPATCHER_ALIVE_SECONDS} s old")
         dispatchers.add_metric([], Heartbeat.objects.filter(
             kind="dispatcher", seen_at__gte=now - timedelta(seconds=monitoring.DISPATCHER_ALIVE_SECONDS)).count())
-        yield from (jobs, age, paused, processed, failed, durations, lateness, health_age, health_ok, dispatchers)
+        yield from (jobs, age, paused, processed, failed, expired, durations, lateness, health_age, health_ok, dispatchers)
 
     def _redis(self, redis):
         depth = GaugeMetricFamily("nextevent_queue_depth", "Wake-ups waiting in the queue's Redis list",

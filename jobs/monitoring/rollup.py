@@ -35,7 +35,8 @@ from jobs.models import Job, JobStat, JobStatMark, JobState
 
 logger = logging.getLogger(__name__)
 
-FINISHED_COUNTED = (JobState.COMPLETED, JobState.DEAD)
+# Expired jobs never ran (no duration or lateness) but are counted, per minute, like the others.
+FINISHED_COUNTED = (JobState.COMPLETED, JobState.DEAD, JobState.EXPIRED)
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 LATENESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900)
 GRACE = timedelta(seconds=90)  # finished_at is set in a short transaction; 90 s is ample

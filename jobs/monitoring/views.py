@@ -191,7 +191,7 @@ def dashboard(request):
         "queues": _queue_rows(overview),
         "totals": {k: sum(r[k] or 0 for r in overview.values())
                    for k in ("scheduled", "pending", "active", "retry", "dead", "completed_1h", "failed_1h",
-                             "completed_today", "failed_today", "depth", "workers_alive")},
+                             "completed_today", "failed_today", "depth", "workers_alive", "expired_today")},
         "hourly_chart": monitoring_charts.stacked_bars(history["hourly"], title=gettext("Last 24 hours, per hour"),
                                                        width=640, label_every=3),
         "daily_chart": monitoring_charts.stacked_bars(history["daily"], title=gettext("Last 7 days, per day"),
@@ -208,6 +208,8 @@ def dashboard(request):
         "gauges": redis["gauges"],
         "can_pause": request.user.has_perm("jobs.add_queuepause"),
         "can_resume": request.user.has_perm("jobs.delete_queuepause"),
+        "can_cancel_job": request.user.has_perm("jobs.cancel_job"),
+        "can_run_job_now": request.user.has_perm("jobs.run_job_now"),
     }
     return TemplateResponse(request, "admin/jobs/dashboard.html", context)
 

@@ -16,7 +16,7 @@ from jobs.errors import PayloadError
 from jobs.events import log_job_event
 from jobs.models import Job, JobState
 from jobs.queues import check_queue
-from jobs.registry import MAX_TIMEOUT, get_job_type, validate_payload
+from jobs.registry import MAX_EXPIRES_IN, MAX_TIMEOUT, PRIORITY_MAX, PRIORITY_MIN, get_job_type, validate_payload
 from jobs.services.pauses import is_queue_paused
 
 logger = logging.getLogger(__name__)
@@ -56,9 +56,46 @@ def _resolve_timeout(jt, timeout) -> int:
     return timeout
 
 
+def _resolve_priority(jt, priority) -> int:
+    if priority is None:
+        return jt.priority
+    if isinstance(priority, bool) or not isinstance(priority, int) or not PRIORITY_MIN <= priority <= PRIORITY_MAX:
+        raise ValueError(f"priority: must be a whole number from {PRIORITY_MIN} to {PRIORITY_MAX} "
+                         f"(higher runs first), got {priority!r}")
+    return priority
+
+
+def _resolve_expires_at(jt, expires_at, expires_in, run_at: datetime) -> datetime | None:
+    """The deadline: expires_at, or run_at + expires_in, or run_at + the type's expires_in."""
+    if expires_at is not None and expires_in is not None:
+        raise ValueError("expires_at and expires_in: give one, not both")
+    if expires_at is not None:
+        if not isinstance(expires_at, datetime) or timezone.is_naive(expires_at):
+            raise ValueError(f"expires_at: must be a timezone-aware datetime, got {expires_at!r}")
+    else:
+        if expires_in is None:
+            expires_in = jt.expires_in
+        if expires_in is None:
+            return None
+        if isinstance(expires_in, timedelta):
+            seconds = expires_in.total_seconds()
+        elif isinstance(expires_in, (int, float)) and not isinstance(expires_in, bool):
+            seconds = float(expires_in)
+        else:
+            raise ValueError(f"expires_in: must be seconds or a timedelta, got {expires_in!r}")
+        if not 0 < seconds <= MAX_EXPIRES_IN:
+            raise ValueError(f"expires_in: must be more than 0 and at most {MAX_EXPIRES_IN} seconds, got {seconds!r}")
+        expires_at = run_at + timedelta(seconds=seconds)
+    if expires_at <= run_at:
+        raise ValueError(f"expires_at: {expires_at.isoformat()} is not after run_at {run_at.isoformat()}; "
+                         "the job could never run")
+    return expires_at
+
+
 def job_create(*, job_type: str, payload, run_at: datetime | None = None,
                delay: float | timedelta | None = None, unique_key: str | None = None,
-               queue: str | None = None, timeout: int | None = None) -> int:
+               queue: str | None = None, timeout: int | None = None, priority: int | None = None,
+               expires_at: datetime | None = None, expires_in: float | timedelta | None = None) -> int:
     """Validate and record a job; push it after commit if it is due now. With a unique_key,
     an existing live job with that key is moved to the new run_at and payload instead."""
     jt = get_job_type(job_type)
@@ -67,6 +104,8 @@ def job_create(*, job_type: str, payload, run_at: datetime | None = None,
     now = clock.now()  # the database's clock: `delay` and due-ness agree on every host
     run_at = _resolve_run_at(run_at, delay, now)
     timeout = _resolve_timeout(jt, timeout)
+    priority = _resolve_priority(jt, priority)
+    expires_at = _resolve_expires_at(jt, expires_at, expires_in, run_at)
     if unique_key is not None and not (0 < len(unique_key) <= 191):
         raise ValueError("unique_key: must be 1 to 191 characters")
 
@@ -75,7 +114,7 @@ def job_create(*, job_type: str, payload, run_at: datetime | None = None,
             # Without a unique key the INSERT alone is atomic: no transaction round trips.
             with transaction.atomic() if unique_key else nullcontext():
                 if unique_key:
-                    moved = _move_live(unique_key, jt, queue, data, run_at, now)
+                    moved = _move_live(unique_key, jt, queue, data, run_at, now, priority, expires_at)
                     if moved is not None:
                         return moved
                 due = run_at <= now
@@ -84,7 +123,7 @@ def job_create(*, job_type: str, payload, run_at: datetime | None = None,
                     timeout=timeout, run_at=run_at, subject=jt.subject_of(data),
                     state=JobState.PENDING if due and not is_queue_paused(queue) else JobState.SCHEDULED,
                     dispatched_at=now if due else None,
-                    unique_key=unique_key, live_key=unique_key,
+                    unique_key=unique_key, live_key=unique_key, priority=priority, expires_at=expires_at,
                 )
                 insert_job(job)
                 if job.state == JobState.PENDING:
@@ -143,7 +182,8 @@ def insert_job(job: Job) -> None:
 
 
 def job_create_many(*, job_type: str, payloads: list, run_at: datetime | None = None,
-                    delay: float | timedelta | None = None) -> list[int]:
+                    delay: float | timedelta | None = None, priority: int | None = None,
+                    expires_at: datetime | None = None, expires_in: float | timedelta | None = None) -> list[int]:
     """Record many jobs of one type in one INSERT and push their wake-ups in one pipelined
     round trip after commit. For bulk producers; no unique keys."""
     jt = get_job_type(job_type)
@@ -157,12 +197,14 @@ def job_create_many(*, job_type: str, payloads: list, run_at: datetime | None = 
             raise PayloadError(f"payloads[{index}].{exc.field}", exc.detail) from None
     now = clock.now()  # the database's clock: `delay` and due-ness agree on every host
     run_at = _resolve_run_at(run_at, delay, now)
+    priority = _resolve_priority(jt, priority)
+    expires_at = _resolve_expires_at(jt, expires_at, expires_in, run_at)
     due = run_at <= now and not is_queue_paused(jt.queue)
     with transaction.atomic():
         jobs = Job.objects.bulk_create([
             Job(job_type=jt.name, queue=jt.queue, payload=d, max_retries=jt.max_retries, timeout=jt.timeout,
                 run_at=run_at, subject=jt.subject_of(d), state=JobState.PENDING if due else JobState.SCHEDULED,
-                dispatched_at=now if due else None)
+                dispatched_at=now if due else None, priority=priority, expires_at=expires_at)
             for d in datas
         ], batch_size=1000)
         ids = [j.pk for j in jobs]
@@ -173,11 +215,12 @@ def job_create_many(*, job_type: str, payloads: list, run_at: datetime | None = 
     return ids
 
 
-def _move_live(unique_key, jt, queue, data, run_at, now) -> int | None:
+def _move_live(unique_key, jt, queue, data, run_at, now, priority, expires_at) -> int | None:
     live = Job.objects.select_for_update().filter(live_key=unique_key).first()
     if live is None:
         return None
-    if live.state != JobState.ACTIVE and live.payload == data and live.run_at == run_at:
+    if (live.state != JobState.ACTIVE and live.payload == data and live.run_at == run_at
+            and live.priority == priority and live.expires_at == expires_at):
         return live.pk  # nothing to move: saving the same thing twice must not churn
     if live.state == JobState.ACTIVE:
         # Running now: it will find its payload stale. Release the key to its successor.
@@ -187,7 +230,7 @@ def _move_live(unique_key, jt, queue, data, run_at, now) -> int | None:
     state = JobState.PENDING if due else JobState.SCHEDULED
     Job.objects.filter(pk=live.pk).update(
         payload=data, run_at=run_at, queue=queue, state=state,
-        dispatched_at=now if due else None,
+        dispatched_at=now if due else None, priority=priority, expires_at=expires_at,
     )
     # A pending job moved to the future keeps a wake-up in Redis; the claim refuses it
     # because the row is no longer pending.

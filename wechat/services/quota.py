@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 from django.conf import settings
 from django.utils import timezone
 
+from jobs import limits
 from nextevent.redis import get_redis
 
 QUOTA_TIME_ZONE = ZoneInfo("Asia/Shanghai")  # daily quotas reset at midnight Beijing time
@@ -18,12 +19,9 @@ def spend_daily_budget(api: str, budget: int) -> bool:
     """Count one call of `api` against our own daily budget, shared by every worker through
     Redis and reset with WeChat's quotas (midnight in Beijing). False: the budget is spent."""
     day = timezone.localtime(timezone.now(), QUOTA_TIME_ZONE).date().isoformat()
-    key = f"wechat:spent:{settings.WECHAT_APP_ID}:{api}:{day}"
-    redis = get_redis()
-    spent = redis.incr(key)
-    if spent == 1:
-        redis.expire(key, 2 * 24 * 3600)
-    return spent <= budget
+    # The project's one home for counters (jobs/limits.py); the key is the one used before.
+    return limits.spend_budget(get_redis(), f"wechat:spent:{settings.WECHAT_APP_ID}:{api}:{day}", budget,
+                               keep_seconds=2 * 24 * 3600)
 
 
 def next_quota_reset(now: datetime | None = None) -> datetime:

@@ -4,7 +4,10 @@
     jobs list [--queue Q] [--state S] [--type T] [--subject S] [--limit N]
     jobs show ID                    payload, attempts, every error with its traceback
     jobs retry ID... | --all-dead [--queue Q]
-    jobs cancel ID...               scheduled, pending or retry jobs
+    jobs cancel ID... [--by WHO]    any unfinished job; a running one is asked to stop, then
+                                    ended with its worker after its type's cancel grace
+    jobs run-now ID... [--by WHO]   scheduled or retry-waiting jobs due now (payload, key kept)
+    jobs run-now --schedule ID      one extra slot of a periodic task now (next_run unchanged)
     jobs delete ID...               any job that is not running
     jobs pause QUEUE / jobs resume QUEUE
 
@@ -30,7 +33,7 @@ from django.utils import timezone
 from redis.exceptions import RedisError
 
 from jobs import monitoring, services
-from jobs.models import CANCELLABLE_STATES, RETRYABLE_STATES, Job, JobState
+from jobs.models import CANCELLABLE_STATES, RETRYABLE_STATES, RUN_NOW_STATES, Job, JobState
 from jobs.queues import QUEUES
 
 EXIT_NOTHING = 1
@@ -70,7 +73,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         sub = parser.add_subparsers(dest="subcommand", required=True, metavar="{stats,list,show,retry,cancel,"
-                                    "delete,pause,resume}")
+                                    "run-now,delete,pause,resume}")
 
         p = sub.add_parser("stats", help="per queue: counts by state, throughput, oldest pending; clusters")
         p.add_argument("--json", action="store_true", help="print JSON")
@@ -93,8 +96,18 @@ class Command(BaseCommand):
         p.add_argument("--queue", choices=QUEUES, help="with --all-dead: only this queue")
         p.add_argument("--json", action="store_true")
 
-        p = sub.add_parser("cancel", help="cancel scheduled, pending or retry jobs (running ones are left alone)")
+        p = sub.add_parser("cancel", help="cancel unfinished jobs; running ones are asked to stop, and ended "
+                                          "with their worker process after their type's cancel grace")
         p.add_argument("job_ids", type=int, nargs="+", metavar="ID")
+        p.add_argument("--by", default="", help="who cancelled (default: cli:<os user>)")
+        p.add_argument("--json", action="store_true")
+
+        p = sub.add_parser("run-now", help="make scheduled or retry-waiting jobs due now, or run one extra slot "
+                                           "of a periodic task now")
+        p.add_argument("job_ids", type=int, nargs="*", metavar="ID")
+        p.add_argument("--schedule", type=int, metavar="SCHEDULE_ID",
+                       help="a periodic task's Schedule id: one extra slot now, next_run unchanged")
+        p.add_argument("--by", default="", help="who asked (default: cli:<os user>)")
         p.add_argument("--json", action="store_true")
 
         p = sub.add_parser("delete", help="delete jobs that are not running")
@@ -114,7 +127,7 @@ class Command(BaseCommand):
     def handle(self, *args, subcommand, **options):
         self.as_json = options.pop("json", False)
         try:
-            getattr(self, f"do_{subcommand}")(**options)
+            getattr(self, f"do_{subcommand.replace('-', '_')}")(**options)
         except (DatabaseError, RedisError) as exc:
             raise CommandError(f"{type(exc).__name__}: {exc}", returncode=EXIT_UNAVAILABLE) from exc
 
@@ -137,11 +150,11 @@ class Command(BaseCommand):
                 "loop_restarts": redis.get("loops", {})}
         rows = [[q, "paused" if r["paused"] else "", r["scheduled"], r["pending"], r["active"], r["retry"], r["dead"],
                  "?" if r["depth"] is None else r["depth"], _age(r["oldest_pending_age_s"]), r["completed_1h"],
-                 r["failed_1h"], r["completed_today"], r["failed_today"], r["workers_alive"]]
+                 r["failed_1h"], r["completed_today"], r["failed_today"], r["expired_today"], r["workers_alive"]]
                 for q, r in overview.items()]
         text = [render_table(["QUEUE", "", "SCHED", "PEND", "ACTIVE", "RETRY", "DEAD", "DEPTH", "OLDEST PENDING",
-                              "DONE 1H", "FAILED 1H", "DONE TODAY", "FAILED TODAY", "WORKERS"], rows,
-                             right=set(range(2, 14))), ""]
+                              "DONE 1H", "FAILED 1H", "DONE TODAY", "FAILED TODAY", "EXPIRED TODAY", "WORKERS"],
+                             rows, right=set(range(2, 15))), ""]
         stuck = [f"{q} stalled (wake-ups waiting, no claim for "
                  f"{_age(r['last_claim_age_s']) if r['last_claim_age_s'] else 'ever'})"
                  for q, r in overview.items() if r.get("stalled")]
@@ -201,7 +214,15 @@ class Command(BaseCommand):
                   ("created", _local(job.created_at)), ("dispatched", _local(job.dispatched_at)),
                   ("started", _local(job.started_at)), ("finished", _local(job.finished_at)),
                   ("worker", job.worker or "-"), ("subject", job.subject or "-"), ("unique key", job.unique_key or "-"),
-                  ("result", job.result or "-")]
+                  ("result", job.result or "-"), ("priority", job.priority),
+                  ("expires at", _local(job.expires_at))]
+        if job.waiting_reason:
+            fields.append(("waiting", job.waiting_reason))
+        if job.cancel_requested_at or job.cancelled_at:
+            fields.append(("cancel", f"asked {_local(job.cancel_requested_at)}, done {_local(job.cancelled_at)} "
+                                     f"by {job.cancelled_by or '?'}"))
+        if job.run_now_at:
+            fields.append(("run now", f"{_local(job.run_now_at)} by {job.run_now_by or '?'}"))
         if job.started_at:
             fields.append(("lateness", f"{(job.started_at - job.run_at).total_seconds():.3f} s (last attempt)"))
         lines += [f"  {k:<12}{v}" for k, v in fields]
@@ -263,9 +284,35 @@ class Command(BaseCommand):
         before = self._states(job_ids)
         self._report("retried", job_ids, services.jobs_retry_now(job_ids), before, RETRYABLE_STATES)
 
-    def do_cancel(self, *, job_ids, **_):
+    def do_cancel(self, *, job_ids, by, **_):
         before = self._states(job_ids)
-        self._report("cancelled", job_ids, services.jobs_cancel(job_ids), before, CANCELLABLE_STATES)
+        done = services.jobs_cancel(job_ids, by=by or f"cli:{_os_user()}")
+        running = sorted(i for i, s in before.items() if s == JobState.ACTIVE)
+        self._report("cancelled", job_ids, done, before, CANCELLABLE_STATES,
+                     extra={"asked_to_stop": running} if running else None)
+
+    def do_run_now(self, *, job_ids, schedule, by, **_):
+        from django_q.models import Schedule
+
+        from jobs.errors import PermanentError
+
+        by = by or f"cli:{_os_user()}"
+        if (schedule is None) == (not job_ids):
+            raise CommandError("give job ids or --schedule ID (not both)", returncode=EXIT_USAGE)
+        if schedule is not None:
+            try:
+                job_id = services.schedule_run_now(schedule, by=by)
+            except Schedule.DoesNotExist:
+                if self.as_json:
+                    self.emit({"action": "run_now", "schedule": schedule, "job": None}, "")
+                raise CommandError(f"schedule {schedule} not found", returncode=EXIT_NOTHING) from None
+            except PermanentError as exc:
+                raise CommandError(str(exc), returncode=EXIT_NOTHING) from None
+            self.emit({"action": "run_now", "schedule": schedule, "job": job_id},
+                      f"schedule {schedule}: one extra slot now as job {job_id}; its next run is unchanged")
+            return
+        before = self._states(job_ids)
+        self._report("run_now", job_ids, services.jobs_run_now(job_ids, by=by), before, RUN_NOW_STATES)
 
     def do_delete(self, *, job_ids, **_):
         before = self._states(job_ids)
