@@ -1,5 +1,6 @@
 """Helpers for the Operations tests (tests/test_ops*.py): ledger rows with chosen timings,
-and running `manage.py jobs` the way a shell does (argv in, exit code out)."""
+running `manage.py jobs` the way a shell does (argv in, exit code out), and a second
+database session (another process's transaction holding a lock)."""
 
 from __future__ import annotations
 
@@ -54,3 +55,14 @@ def run_jobs_command(*args: str) -> int:
         return exit_.code if isinstance(exit_.code, int) else 1
     finally:
         del connections.close_all
+
+
+def other_mysql_session():
+    """A MySQL session of its own on the test database, outside Django's connections: what
+    another process (a long transaction, an ALTER) would hold locks with."""
+    import MySQLdb
+    from django.db import connection
+
+    db = connection.settings_dict
+    return MySQLdb.connect(host="127.0.0.1" if db["HOST"] in ("", "localhost") else db["HOST"],
+                           port=int(db["PORT"] or 3306), user=db["USER"], passwd=db["PASSWORD"], db=db["NAME"])

@@ -8,7 +8,6 @@ import time
 
 import MySQLdb
 import pytest
-from django.db import connection
 
 from analytics.jobs import handle_news_analytics
 from analytics.ingest import record_event
@@ -18,15 +17,14 @@ from analytics.services import LOCK_NAME
 from jobs.errors import Snooze
 from news.factories import NewsFactory
 from news.models import News
+from tests.ops_support import other_mysql_session
 from tests.conftest import slack
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def hold_the_apply_lock() -> MySQLdb.connections.Connection:
-    db = connection.settings_dict
-    other = MySQLdb.connect(host="127.0.0.1" if db["HOST"] in ("", "localhost") else db["HOST"],
-                            port=int(db["PORT"] or 3306), user=db["USER"], passwd=db["PASSWORD"], db=db["NAME"])
+    other = other_mysql_session()
     cursor = other.cursor()
     cursor.execute("BEGIN")
     cursor.execute(f"SELECT id FROM {ApplyLock._meta.db_table} WHERE name = %s FOR UPDATE", [LOCK_NAME])

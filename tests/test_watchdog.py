@@ -11,11 +11,11 @@ from datetime import timedelta
 
 import MySQLdb
 import pytest
-from django.db import connection
 from django.utils import timezone
 
 from jobs.models import Heartbeat, Job, JobState
 from jobs.system import SYSTEM_NOOP
+from tests.ops_support import other_mysql_session
 from tests.conftest import ROOT, slack, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.cluster]
@@ -23,9 +23,7 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.cluster]
 
 def lock_row(table: str, name: str) -> MySQLdb.connections.Connection:
     """Another session holding the row's lock, as a long transaction elsewhere would."""
-    db = connection.settings_dict
-    other = MySQLdb.connect(host="127.0.0.1" if db["HOST"] in ("", "localhost") else db["HOST"],
-                            port=int(db["PORT"] or 3306), user=db["USER"], passwd=db["PASSWORD"], db=db["NAME"])
+    other = other_mysql_session()
     cursor = other.cursor()
     cursor.execute("BEGIN")
     cursor.execute(f"SELECT id FROM {table} WHERE name = %s FOR UPDATE", [name])
@@ -75,9 +73,7 @@ def test_a_supervisor_whose_main_loop_is_stuck_restarts_itself_and_runs_on(start
     cluster = start_cluster(queues=["default"], env={"JOBS_LEASE_SECONDS": "60", "JOBS_DB_TIMEOUT": "55",
                                                      "JOBS_LOOP_STUCK_AFTER": "3"})
     first_main = psutil.Process(cluster.pid).children()[0].pid
-    db = connection.settings_dict
-    other = MySQLdb.connect(host="127.0.0.1" if db["HOST"] in ("", "localhost") else db["HOST"],
-                            port=int(db["PORT"] or 3306), user=db["USER"], passwd=db["PASSWORD"], db=db["NAME"])
+    other = other_mysql_session()
     try:
         other.cursor().execute(f"LOCK TABLES {Job._meta.db_table} WRITE")
         psutil.Process(first_main).kill()  # the main loop's re-push after this death waits on the lock
