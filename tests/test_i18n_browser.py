@@ -196,6 +196,17 @@ def test_the_same_pages_stay_english_for_an_english_browser(live_server, browser
             f"Chinese on the English {name} page"
 
 
+def page_in(browser, lang: str) -> None:
+    """Wait for the page the switch's POST redirects to: read before it has loaded, the old
+    page's elements go stale under the test."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, 15, ignored_exceptions=[StaleElementReferenceException]).until(
+        lambda b: b.find_element(By.TAG_NAME, "html").get_attribute("lang") == lang)
+
+
 def test_an_editor_switches_the_language_and_it_sticks(live_server, browser_in):
     """The switch beside the user links posts to Django's set_language: its cookie wins over
     the browser's Accept-Language on every later page, until switched back."""
@@ -209,6 +220,7 @@ def test_an_editor_switches_the_language_and_it_sticks(live_server, browser_in):
     assert browser.find_element(By.TAG_NAME, "html").get_attribute("lang") == "zh-hans"
     Select(browser.find_element(By.ID, "language-select")).select_by_value("en")
     browser.find_element(By.ID, "language-submit").click()
+    page_in(browser, "en")
     assert f"/admin/jobs/job/{dead.pk}/change/" in browser.current_url  # back where the editor was
     assert browser.find_element(By.TAG_NAME, "html").get_attribute("lang") == "en"
     assert browser.get_cookie("django_language")["value"] == "en"
@@ -216,4 +228,5 @@ def test_an_editor_switches_the_language_and_it_sticks(live_server, browser_in):
     assert browser.find_element(By.TAG_NAME, "h1").text == "Jobs dashboard"
     Select(browser.find_element(By.ID, "language-select")).select_by_value("zh-hans")
     browser.find_element(By.ID, "language-submit").click()
+    page_in(browser, "zh-hans")
     assert browser.find_element(By.TAG_NAME, "h1").text == "任务监控面板"
